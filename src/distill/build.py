@@ -1,0 +1,101 @@
+"""Turn a validated Recipe into objects: data splits, models, the frozen teacher, methods."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.data import DataSplits, build_data
+from distill.errors import DistillError
+from distill.io import load_into, load_weights
+from distill.methods import METHODS, MethodSet
+from distill.models import FrozenTeacher, build_model
+from distill.recipe import ModelSpec, Recipe
+
+
+def load_data(recipe: Recipe, *, label_budget: bool = True) -> DataSplits:
+    """The recipe's dataset with its normalisation and (unless ``label_budget=False``) its label budget."""
+    d = recipe.data
+    norm = d.normalize.pair() if d.normalize else None
+    return build_data(d.name, seed=recipe.seed, labels_per_class=d.labels_per_class if label_budget else None,
+                      normalize=norm, **d.kwargs)
+
+
+def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
+    """A freshly initialised model; the same seed gives the same initial weights."""
+    torch.manual_seed(seed)
+    return build_model(spec.name, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                       **spec.kwargs)
+
+
+def resolve_path(path: str) -> Path:
+    """A file path, or ``pkg:<package>/<relative path>`` for a file shipped inside an installed package."""
+    if not path.startswith("pkg:"):
+        return Path(path).expanduser()
+    package, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(f"weights {path!r}: package {package!r} is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def load_model_weights(model: nn.Module, path: str, role: str) -> Path:
+    """Load ``path`` (safetensors or a weights-only torch state dict) strictly into ``model``."""
+    file = resolve_path(path)
+    load_into(model, load_weights(file), f"{role}.weights {file}")
+    return file
+
+
+def frozen_teacher(model: nn.Module, spec: ModelSpec, data: DataSplits) -> FrozenTeacher:
+    """Wrap a teacher: eval + no grad, and its own input normalisation when it differs from the student's."""
+    teacher_norm = spec.normalize.pair() if spec.normalize else None
+    return FrozenTeacher(model, student_norm=(tuple(data.mean), tuple(data.std)), teacher_norm=teacher_norm)
+
+
+def output_classes(model: nn.Module, data: DataSplits) -> int:
+    """Number of classes a model outputs, from a dry run on two training samples."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.train.x[:2])
+    except Exception as e:  # a model that cannot take this data's shape
+        raise DistillError(f"{type(model).__name__} cannot run on {data.name} inputs of shape "
+                           f"{tuple(data.input_shape)}: {str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+    return int(out.shape[-1])
+
+
+def check_classes(data: DataSplits, **models: nn.Module) -> None:
+    """Every model must output the dataset's number of classes; teacher vs student mismatches are named."""
+    counts = {role: output_classes(m, data) for role, m in models.items()}
+    if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
+        raise DistillError(f"teacher and student disagree on the number of classes: teacher outputs "
+                           f"{counts['teacher']}, student outputs {counts['student']} "
+                           f"(dataset '{data.name}' has {data.num_classes})")
+    for role, n in counts.items():
+        if n != data.num_classes:
+            raise DistillError(f"{role} outputs {n} classes but dataset '{data.name}' has {data.num_classes}")
+
+
+def build_methods(recipe: Recipe) -> MethodSet:
+    """The recipe's methods (with their weights) as one MethodSet."""
+    methods = [METHODS.get(m.name)(**m.kwargs) for m in recipe.methods]
+    return MethodSet(methods, [m.weight for m in recipe.methods])
+
+
+def fingerprint(recipe: Recipe, role: str) -> str:
+    """Identity of a role's training: resuming is refused when anything that shapes it changed."""
+    keep = {"teacher": {"seed", "data", "teacher", "train", "device"},
+            "scratch": {"seed", "data", "student", "train", "device"}}.get(role)
+    body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
+    if keep is not None:
+        body = {k: v for k, v in body.items() if k in keep}
+    body["role"] = role
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,79 @@
+"""``distill run|teacher|eval|inspect|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from distill.errors import DistillError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train teacher (if needed), scratch baseline and distilled student; report")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 method.T=2")
+    r.add_argument("--resume", action="store_true", help="continue from the last complete checkpoints")
+    t = sub.add_parser("teacher", help="train only the recipe's teacher")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*")
+    t.add_argument("--resume", action="store_true")
+    e = sub.add_parser("eval", help="evaluate a weights file of the recipe's student (or teacher)")
+    e.add_argument("recipe")
+    e.add_argument("overrides", nargs="*")
+    e.add_argument("--checkpoint", required=True, help="model.safetensors, or a checkpoint directory")
+    e.add_argument("--role", choices=["student", "teacher"], default="student")
+    i = sub.add_parser("inspect", help="module paths and output shapes of a model, from a dry run")
+    i.add_argument("model", help="a recipe (.yaml), a zoo model name, or an import path 'pkg.mod:Class'")
+    i.add_argument("kwargs", nargs="*", help="model arguments key=value (zoo/import path)")
+    i.add_argument("--role", choices=["student", "teacher"], default="teacher")
+    i.add_argument("--input-shape", default="1,28,28", help="per-sample input shape, e.g. 1,28,28")
+    i.add_argument("--num-classes", type=int, default=10)
+    sub.add_parser("list", help="registered methods, models and datasets")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``distill`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from distill import commands
+
+    if args.command == "list":
+        print(commands.list_registered())
+        return 0
+    if args.command == "inspect":
+        print(commands.inspect(args.model, args.kwargs, role=args.role, input_shape=args.input_shape,
+                               num_classes=args.num_classes))
+        return 0
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "run":
+        from distill.run import run
+
+        path = run(recipe, resume=args.resume)
+        print(f"report written to {Path(path).resolve()}")
+    elif args.command == "teacher":
+        print(f"teacher weights written to {commands.train_teacher(recipe, resume=args.resume)}")
+    elif args.command == "eval":
+        print(json.dumps(commands.evaluate_weights(recipe, args.checkpoint, role=args.role), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The CLI's sub-commands other than ``run``, as plain functions (usable from Python too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.build import build_arch, check_classes, frozen_teacher, load_data, load_model_weights
+from distill.errors import DistillError
+from distill.io import load_into, load_weights
+from distill.recipe import Recipe, parse_value
+
+
+def list_registered() -> str:
+    """Methods, models and datasets, one line each."""
+    from distill.data import DATASETS
+    from distill.methods import METHODS
+    from distill.models import MODELS
+
+    return "\n".join(f"{kind}: {', '.join(reg.names())}"
+                     for kind, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)))
+
+
+def train_teacher(recipe: Recipe, *, resume: bool = False) -> Path:
+    """Train only the recipe's teacher; returns its ``model.safetensors``."""
+    from distill.run import obtain_teacher
+
+    if recipe.teacher is None:
+        raise DistillError("the recipe has no 'teacher' section")
+    if recipe.teacher.weights:
+        raise DistillError(f"teacher.weights is set ({recipe.teacher.weights}): nothing to train")
+    data = load_data(recipe)
+    trained = obtain_teacher(recipe, data, resume=resume, log=print)
+    assert trained.weights is not None
+    return trained.weights.resolve()
+
+
+def evaluate_weights(recipe: Recipe, checkpoint: str, *, role: str = "student") -> dict:
+    """Test-set metrics of a weights file (or checkpoint directory) for the recipe's student/teacher."""
+    from distill.evaluate import model_metrics, predict
+
+    spec = recipe.student if role == "student" else recipe.teacher
+    if spec is None:
+        raise DistillError(f"the recipe has no '{role}' section")
+    data = load_data(recipe)
+    model = build_arch(spec, data, recipe.seed)
+    path = Path(checkpoint)
+    if path.is_dir():
+        state = load_weights(path / "weights.safetensors")
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        load_into(model, state, str(path))
+    else:
+        load_model_weights(model, checkpoint, "--checkpoint")
+    check_classes(data, **{role: model})
+    teacher_logits = None
+    if role == "student" and recipe.teacher is not None and recipe.teacher.weights:
+        teacher = build_arch(recipe.teacher, data, recipe.seed)
+        load_model_weights(teacher, recipe.teacher.weights, "teacher")
+        teacher_logits = predict(frozen_teacher(teacher, recipe.teacher, data), data.test.x)
+    if role == "teacher" and spec.normalize is not None:
+        model = frozen_teacher(model, spec, data)
+    metrics = model_metrics(model, data.test.x, data.test.y, num_classes=data.num_classes,
+                            teacher_logits=teacher_logits, weights_path=path if path.is_file() else None,
+                            latency=recipe.eval.latency)
+    return {"checkpoint": str(path), "role": role, **metrics}
+
+
+def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_classes: int) -> str:
+    """Every module path of a model with its output shape, from a dry run on a batch of two."""
+    from distill.models import build_model
+    from distill.taps import format_probe, probe
+
+    if target.endswith((".yaml", ".yml")):
+        from distill.recipe import load_recipe
+
+        recipe = load_recipe(target, kwargs)
+        spec = recipe.teacher if role == "teacher" else recipe.student
+        if spec is None:
+            raise DistillError(f"{target} has no '{role}' section")
+        data = load_data(recipe)
+        model = build_arch(spec, data, recipe.seed)
+        shape = tuple(data.input_shape)
+    else:
+        args = dict(_kv(item) for item in kwargs)
+        shape = _shape(input_shape)
+        if ":" in target:
+            args = {"target": target, "kwargs": args}
+            target = "external"
+        model = build_model(target, num_classes=num_classes, input_shape=shape, **args)
+    return format_probe(probe(model, torch.zeros(2, *shape)), model) + "\n" + _summary(model, shape)
+
+
+def _kv(item: str) -> tuple[str, object]:
+    if "=" not in item:
+        raise DistillError(f"model argument {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    return key, parse_value(value)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise DistillError(f"--input-shape {text!r}: expected positive integers like 1,28,28")
+    return shape
+
+
+def _summary(model: nn.Module, shape: tuple[int, ...]) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}: {params:,} parameters, input (B, {', '.join(map(str, shape))})"

@@ -1,0 +1,34 @@
+"""Datasets held in memory, the dataset registry and a fast batch loader.
+
+Importing this package registers every dataset (``digits``, ``mnist``, ``mnist1d``, ``arrays``,
+``folder``) in ``DATASETS``.
+"""
+
+from distill.data import builtin, user  # noqa: F401  (imported for their registrations)
+from distill.data.base import (
+    DATASETS,
+    ArrayDataset,
+    DataSplits,
+    RawSplits,
+    apply_label_budget,
+    build_data,
+    channel_stats,
+    denormalize,
+    normalize,
+    stratified_split,
+)
+from distill.data.loader import BatchLoader
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "BatchLoader",
+    "DataSplits",
+    "RawSplits",
+    "apply_label_budget",
+    "build_data",
+    "channel_stats",
+    "denormalize",
+    "normalize",
+    "stratified_split",
+]

@@ -1,0 +1,252 @@
+"""In-memory datasets, the dataset registry and ``build_data`` (label budget + normalisation)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distill.errors import DistillError
+from distill.registry import Registry, closest
+from distill.types import UNLABELLED
+
+Stats = tuple[float, ...]
+
+
+@dataclass
+class ArrayDataset:
+    """A whole split held in memory.
+
+    x: (N, *input_shape) float32.
+    y: (N,) int64; ``UNLABELLED`` (-1) marks transfer-set samples.
+    """
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x {tuple(self.x.shape)} and y {tuple(self.y.shape)} disagree on N")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: Tensor) -> ArrayDataset:
+        """Rows ``index`` (a (K,) long tensor) as a new dataset."""
+        return ArrayDataset(self.x[index], self.y[index])
+
+
+@dataclass
+class RawSplits:
+    """What a registered builder returns: every sample labelled, x in the dataset's own domain
+    (e.g. pixels in [0, 1]), plus the normalisation to use when the recipe names none."""
+
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    mean: Stats
+    std: Stats
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class DataSplits:
+    """Ready-to-train splits. ``mean``/``std`` have already been applied to ``x`` of every split;
+    ``train.y`` is ``UNLABELLED`` for transfer samples outside the label budget."""
+
+    train: ArrayDataset
+    val: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mean: Stats
+    std: Stats
+    name: str
+    class_names: tuple[str, ...] | None = None
+
+    def labelled_train(self) -> ArrayDataset:
+        """Only the labelled part of train: what a student trained from scratch sees."""
+        keep = (self.train.y != UNLABELLED).nonzero().squeeze(1)  # (K,)
+        return self.train.subset(keep)
+
+
+DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset")
+
+
+def _stat_shape(x: Tensor, n: int) -> tuple[int, ...]:
+    """Broadcast shape for per-channel stats: channel dim is 1 when samples are >= 2-D."""
+    if n == 1:
+        return (1,) * x.ndim
+    if x.ndim < 3 or x.shape[1] != n:
+        raise ValueError(f"{n} mean/std values do not match input of shape {tuple(x.shape)}")
+    return (1, n) + (1,) * (x.ndim - 2)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Return ``(x - mean) / std`` as float32; stats are per channel (dim 1) when ``x.ndim >= 3``,
+    otherwise a single scalar pair."""
+    shape = _stat_shape(x, len(mean))
+    m = torch.tensor(mean, dtype=torch.float32).reshape(shape)
+    s = torch.tensor(std, dtype=torch.float32).reshape(shape)
+    return (x.float() - m) / s
+
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Inverse of ``normalize``: back to the dataset's own domain (e.g. pixels in [0, 1])."""
+    shape = _stat_shape(x, len(mean))
+    m = torch.tensor(mean, dtype=torch.float32).reshape(shape)
+    s = torch.tensor(std, dtype=torch.float32).reshape(shape)
+    return x.float() * s + m
+
+
+def channel_stats(x: Tensor, per_channel: bool = True) -> tuple[Stats, Stats]:
+    """Mean/std of ``x`` (N, ...): per channel (dim 1) for >= 2-D samples, else one scalar pair.
+    A zero std becomes 1 so constant inputs do not divide by zero."""
+    if per_channel and x.ndim >= 3:
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()  # (C, N*H*W)
+    else:
+        flat = x.reshape(1, -1).double()  # (1, N*D)
+    mean = flat.mean(dim=1).tolist()
+    std = [s if s > 0 else 1.0 for s in flat.std(dim=1).tolist()]
+    return tuple(mean), tuple(std)
+
+
+def stratified_split(y: Tensor, fractions: Sequence[float], seed: int = 0) -> list[Tensor]:
+    """Split row indices into ``len(fractions) + 1`` parts (the last takes the rest), keeping each
+    class's share in every part. Returns sorted (K,) long index tensors.
+
+    Each sample gets the key (rank within its class in a random order) / (class size); sorting by
+    it interleaves the classes evenly, so any prefix is stratified and part sizes are exact.
+    """
+    n = len(y)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)  # (N,)
+    key = torch.empty(n, dtype=torch.float64)
+    for c in y.unique().tolist():
+        rows = perm[y[perm] == c]  # this class, in random order
+        key[rows] = (torch.arange(len(rows), dtype=torch.float64) + 0.5) / len(rows)
+    order = perm[torch.argsort(key[perm], stable=True)]  # ties broken by the random order
+    sizes = [max(1, round(f * n)) if f > 0 else 0 for f in fractions]
+    if sum(sizes) >= n:
+        raise DistillError(f"cannot split {n} samples into parts of {sizes} and a non-empty rest")
+    bounds = [0]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    bounds.append(n)
+    return [order[a:b].sort().values for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def check_int(key: str, value: object, minimum: int | None = None) -> None:
+    """Raise a DistillError naming ``key`` unless ``value`` is an int (not bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise DistillError(f"{key} must be an integer{bound}, got {value!r}")
+
+
+def _check_kwargs(name: str, builder: Callable[..., RawSplits], kwargs: dict) -> None:
+    """Unknown or missing builder options become a DistillError naming the key."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [k for k in params if k != "seed"]
+    for key in kwargs:
+        if key not in allowed:
+            hint = closest(key, allowed)
+            raise DistillError(
+                f"dataset {name!r}: unknown option {key!r}{hint} (allowed: {', '.join(allowed) or 'none'})"
+            )
+    for key, p in params.items():
+        if key != "seed" and p.default is inspect.Parameter.empty and key not in kwargs:
+            raise DistillError(f"dataset {name!r}: missing required option {key!r}")
+
+
+def _check_labels(name: str, raw: RawSplits) -> None:
+    for split in ("train", "val", "test"):
+        ds: ArrayDataset = getattr(raw, split)
+        if len(ds) == 0:
+            raise DistillError(f"dataset {name!r}: the {split} split is empty")
+        lo, hi = int(ds.y.min()), int(ds.y.max())
+        if lo < 0 or hi >= raw.num_classes:
+            bad = lo if lo < 0 else hi
+            raise DistillError(
+                f"dataset {name!r}: label {bad} in the {split} split is outside 0..{raw.num_classes - 1}"
+            )
+
+
+def apply_label_budget(y: Tensor, num_classes: int, labels_per_class: int, seed: int) -> Tensor:
+    """Return a copy of ``y`` (N,) keeping ``labels_per_class`` random labels per class, the rest
+    set to ``UNLABELLED``. The choice depends only on ``seed``."""
+    check_int("data.labels_per_class", labels_per_class, minimum=1)
+    counts = torch.bincount(y, minlength=num_classes)  # (C,)
+    smallest = int(counts.argmin())
+    if labels_per_class > counts[smallest]:
+        raise DistillError(
+            f"data.labels_per_class={labels_per_class} exceeds the smallest class in the train split "
+            f"(class {smallest} has {int(counts[smallest])} samples)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.full_like(y, UNLABELLED)
+    for c in range(num_classes):
+        rows = (y == c).nonzero().squeeze(1)  # (count_c,)
+        keep = rows[torch.randperm(len(rows), generator=gen)[:labels_per_class]]
+        out[keep] = c
+    return out
+
+
+def _resolve_norm(raw: RawSplits, normalize_arg: tuple | None, channels: int) -> tuple[Stats, Stats]:
+    if normalize_arg is None:
+        return tuple(raw.mean), tuple(raw.std)
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in normalize_arg)
+    except (TypeError, ValueError):
+        raise DistillError(
+            f"data.normalize must be [mean, std] lists of numbers, got {normalize_arg!r}"
+        ) from None
+    if len(mean) != len(std) or len(mean) not in (1, channels):
+        raise DistillError(
+            f"data.normalize: mean and std need 1 or {channels} values each, got {len(mean)} and {len(std)}"
+        )
+    if any(s <= 0 for s in std):
+        raise DistillError(f"data.normalize: std values must be > 0, got {list(std)}")
+    return mean, std
+
+
+def build_data(
+    name: str,
+    *,
+    seed: int = 0,
+    labels_per_class: int | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    **kwargs: object,
+) -> DataSplits:
+    """Build the registered dataset ``name``: load it, apply the label budget to train (seeded by
+    ``seed``) and normalise every split with ``normalize`` or the dataset's default stats."""
+    builder = DATASETS.get(name)
+    _check_kwargs(name, builder, kwargs)
+    raw = builder(seed=seed, **kwargs)
+    _check_labels(name, raw)
+    input_shape = tuple(raw.train.x.shape[1:])
+    channels = input_shape[0] if len(input_shape) >= 2 else 1
+    mean, std = _resolve_norm(raw, normalize, channels)
+    y = raw.train.y.clone()  # never touch the builder's (possibly cached) tensors
+    if labels_per_class is not None:
+        y = apply_label_budget(y, raw.num_classes, labels_per_class, seed)
+    return DataSplits(
+        train=ArrayDataset(_norm(raw.train.x, mean, std), y),
+        val=ArrayDataset(_norm(raw.val.x, mean, std), raw.val.y.clone()),
+        test=ArrayDataset(_norm(raw.test.x, mean, std), raw.test.y.clone()),
+        num_classes=raw.num_classes,
+        input_shape=input_shape,
+        mean=mean,
+        std=std,
+        name=name,
+        class_names=raw.class_names,
+    )
+
+
+# ``build_data``'s ``normalize`` argument shadows the function inside it.
+_norm = normalize

@@ -1,0 +1,15 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class DistillError(Exception):
+    """A problem with the user's input (recipe, data, weights, arguments).
+
+    The CLI catches it, prints ``error: <message>`` on one line and exits with 2.
+    Raise it with a message that names the offending key, file or value.
+    """
+
+
+class NonFiniteLossError(DistillError):
+    """Training produced a NaN/Inf loss; the last good checkpoint is kept."""

@@ -1,0 +1,117 @@
+"""Atomic file writes and safe weight loading (never unpickle user files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from distill.errors import DistillError
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+
+    On error the temporary file is removed, so ``path`` is either the old file or the complete
+    new one, never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        # mkstemp creates 0600 files; give the result the usual umask-based permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
+    """Atomically save a state dict as safetensors (tensors made contiguous and detached)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically ``torch.save`` our own state (optimizer, RNG); read back with ``load_torch``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | os.PathLike) -> Any:
+    """Load a torch file with ``weights_only=True``; refused pickles become a DistillError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistillError(f"{path}: refused to unpickle (weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DistillError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from None
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise DistillError(f"{path}: not a valid safetensors file ({e})") from None
+    state = load_torch(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DistillError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly into ``model``; mismatches name missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if shaped:
+            parts.append("shape mismatch " + _few(
+                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shaped]))
+        raise DistillError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "[" + ", ".join(items[:n]) + "]" + more

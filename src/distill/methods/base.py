@@ -1,0 +1,85 @@
+"""The Method contract and the method registry.
+
+A method is a pure loss over tensors wrapped by a thin ``nn.Module`` holding its hyper-parameters (and any
+connectors, as submodules, so they train with the student). It returns named, already-weighted terms.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from distill.registry import Registry
+from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``needs`` and implement ``forward``."""
+
+    needs: ClassVar[Needs] = Needs()
+
+    def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch,
+                ctx: StepContext) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def diagnose(self, teacher_logits: Tensor) -> list[str]:
+        """Warnings about this method's setting for a sample of teacher logits (B, C); default none."""
+        return []
+
+
+def labelled_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy over the labelled samples of a batch; unlabelled (-1) samples are skipped.
+
+    logits: (B, C); target: (B,) with -1 for transfer-set samples. A batch with no label gives a zero that
+    still belongs to the graph, so the caller need not special-case it.
+    """
+    mask = target >= 0  # (B,)
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits[mask], target[mask])
+
+
+class MethodSet(nn.Module):
+    """The recipe's methods with their weights; sums their terms. The engine only talks to this."""
+
+    def __init__(self, methods: list[Method], weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.methods = nn.ModuleList(methods)
+        self.weights = list(weights or [1.0] * len(methods))
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(m.needs.teacher for m in self.methods)
+
+    @property
+    def live_teacher(self) -> bool:
+        return any(m.needs.live_teacher for m in self.methods)
+
+    @property
+    def student_taps(self) -> list[str]:
+        return sorted({p for m in self.methods for p in m.needs.student_taps})
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return sorted({p for m in self.methods for p in m.needs.teacher_taps})
+
+    def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
+        total: Tensor | None = None
+        terms: dict[str, Tensor] = {}
+        for method, w in zip(self.methods, self.weights):
+            out = method(s, t, batch, ctx)
+            for name, value in out.terms.items():
+                key = name if name not in terms else f"{type(method).__name__.lower()}.{name}"
+                terms[key] = value * w
+            total = out.loss * w if total is None else total + out.loss * w
+        assert total is not None
+        return LossOutput(total, terms)
+
+    def diagnose(self, teacher_logits: Tensor) -> list[str]:
+        """Collect every method's warnings for a sample of teacher logits."""
+        with torch.no_grad():
+            return [w for m in self.methods for w in m.diagnose(teacher_logits)]

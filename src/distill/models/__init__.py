@@ -1,0 +1,11 @@
+"""Model zoo, external models and the frozen teacher wrapper.
+
+Importing this package registers every zoo model in ``MODELS``; nothing optional (torchvision, timm,
+transformers) is imported here: ``external`` imports its target only when built.
+"""
+
+from distill.models import cnn, external, mlp, resnet, vgg, wrn  # noqa: F401  (registers the models)
+from distill.models.base import MODELS, build_model
+from distill.models.teacher import FrozenTeacher, as_logits
+
+__all__ = ["MODELS", "FrozenTeacher", "as_logits", "build_model"]

@@ -1,0 +1,110 @@
+"""The frozen teacher: eval mode, no gradients and input re-normalisation, enforced in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+
+Norm = tuple[Sequence[float], Sequence[float]]
+"""Per-channel (mean, std); length-1 sequences are scalars."""
+
+IDENTITY_NORM: Norm = ((0.0,), (1.0,))
+
+
+def as_logits(out: Any) -> Tensor:
+    """The logits in a model's output: a tensor, the first item of a tuple/list, or ``.logits``."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(getattr(out, "logits", None), Tensor):
+        return out.logits
+    raise DistillError(f"model returned {type(out).__name__}, expected a logits tensor (B, num_classes)")
+
+
+def _check_norm(name: str, norm: Any) -> tuple[list[float], list[float]]:
+    try:
+        mean, std = ([float(v) for v in (p if isinstance(p, Sequence) else [p])] for p in norm)
+    except (TypeError, ValueError):
+        raise DistillError(f"{name} must be (mean, std) per channel, got {norm!r}") from None
+    if len(mean) != len(std) or not mean:
+        raise DistillError(f"{name}: mean and std need the same non-zero length, got {norm!r}")
+    if any(s <= 0 for s in std):
+        raise DistillError(f"{name}: std must be positive, got {std}")
+    return mean, std
+
+
+def renorm_affine(student_norm: Norm | None, teacher_norm: Norm | None) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) of length C with ``x_t = x_s * scale + shift``, or None when no change is needed.
+
+    ``x_s = (x - m_s) / s_s`` and ``x_t = (x - m_t) / s_t`` give ``scale = s_s / s_t`` and
+    ``shift = (m_s - m_t) / s_t``. A missing ``student_norm`` means the student sees raw inputs.
+    """
+    if teacher_norm is None:
+        return None
+    m_s, s_s = _check_norm("student_norm", IDENTITY_NORM if student_norm is None else student_norm)
+    m_t, s_t = _check_norm("teacher_norm", teacher_norm)
+    if (m_s, s_s) == (m_t, s_t):
+        return None
+    if len(m_s) > 1 and len(m_t) > 1 and len(m_s) != len(m_t):
+        raise DistillError(f"student_norm has {len(m_s)} channels but teacher_norm has {len(m_t)}")
+    c = max(len(m_s), len(m_t))
+    # float64 for the arithmetic, so the composed affine map matches the direct one to float32 precision.
+    ms, ss, mt, st = (torch.tensor(v, dtype=torch.float64).expand(c) for v in (m_s, s_s, m_t, s_t))
+    return (ss / st).float(), ((ms - mt) / st).float()
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a teacher: eval mode and no grad forced in ONE place; re-normalises inputs when the teacher
+    expects different preprocessing than the student.
+
+    Batches arrive normalised for the student, ``x_s = (x - m_s) / s_s``. With a ``teacher_norm`` that
+    differs from ``student_norm`` the teacher is fed ``(x_s * s_s + m_s - m_t) / s_t``. Norm tuples are
+    per channel (dim 1 of the batch) or length 1. Parameters are frozen, ``.train(mode)`` keeps the
+    teacher in eval mode, and ``forward`` runs under ``torch.no_grad()`` and returns logits.
+    """
+
+    def __init__(self, model: nn.Module, *, student_norm: Norm | None = None,
+                 teacher_norm: Norm | None = None) -> None:
+        super().__init__()
+        self.wrapped = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        affine = renorm_affine(student_norm, teacher_norm)
+        # Non-persistent buffers: they follow .to(device) but stay out of state dicts.
+        self.register_buffer("in_scale", None if affine is None else affine[0], persistent=False)
+        self.register_buffer("in_shift", None if affine is None else affine[1], persistent=False)
+        self.train(False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped model (taps hook into it, with its own module paths)."""
+        return self.wrapped
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Ignore ``mode``: a teacher's BatchNorm statistics and dropout must never change."""
+        return super().train(False)
+
+    def renormalise(self, x: Tensor) -> Tensor:
+        """Map a student-normalised batch (B, C, ...) to the teacher's normalisation (same shape)."""
+        if self.in_scale is None:
+            return x
+        c = self.in_scale.numel()
+        if c > 1 and (x.ndim < 2 or x.shape[1] != c):
+            raise DistillError(
+                f"teacher re-normalisation has {c} channels but the batch has shape {tuple(x.shape)}"
+            )
+        shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)  # broadcast over dim 1 or everything
+        return x * self.in_scale.view(shape).to(x.dtype) + self.in_shift.view(shape).to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Student-normalised batch (B, ...) -> teacher logits (B, C), without autograd history."""
+        if self.wrapped.training:  # someone called .train() on the inner model directly
+            self.wrapped.eval()
+        with torch.no_grad():
+            return as_logits(self.wrapped(self.renormalise(x)))

@@ -1,0 +1,240 @@
+"""Recipes: YAML validated into a strict, frozen schema, plus dotted command-line overrides.
+
+Unknown keys and wrong types fail with a ``DistillError`` naming the key path. Dataset, model and method
+arguments sit flat next to ``name`` and are checked against the registered builder's signature.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill.errors import DistillError
+from distill.registry import closest
+from distill.spec_check import check_kwargs
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$|^[-+]?(?:\d+\.\d*|\.\d+)$|^[-+]?\.(?:inf|Inf|INF)$"
+               r"|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _Open(BaseModel):
+    """A named component whose extra keys are the builder's keyword arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The builder arguments: every key except the schema's own."""
+        return dict(self.model_extra or {})
+
+
+class NormSpec(_Strict):
+    mean: list[float]
+    std: list[float]
+
+    def pair(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return tuple(self.mean), tuple(self.std)
+
+
+class OptimSpec(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["constant", "step", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: OptimSpec = OptimSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    grad_clip: float | None = Field(None, gt=0)
+    log_every: int = Field(20, ge=1)
+
+
+class DataSpec(_Open):
+    labels_per_class: int | None = None
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    normalize: NormSpec | None = None
+
+
+class ModelSpec(_Open):
+    weights: str | None = None
+    normalize: NormSpec | None = None
+    train: TrainSpec | None = None
+
+
+class MethodSpec(_Open):
+    weight: float = 1.0
+
+
+class EvalSpec(_Strict):
+    latency: bool = True
+
+
+class Recipe(_Strict):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str | None = None
+    device: str = "cpu"
+    compare: bool = True
+    data: DataSpec
+    teacher: ModelSpec | None = None
+    student: ModelSpec
+    methods: list[MethodSpec] = Field(min_length=1)
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_method(cls, raw: Any) -> Any:
+        # `method: {...}` is sugar for a one-element `methods` list (so `method.T=2` overrides work).
+        if isinstance(raw, dict) and "method" in raw:
+            if "methods" in raw:
+                raise ValueError("give either 'method' or 'methods', not both")
+            raw = dict(raw)
+            raw["methods"] = [raw.pop("method")]
+        return raw
+
+    @property
+    def out(self) -> Path:
+        """The output directory (``runs/<name>`` unless ``output_dir`` is set)."""
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line override value as YAML (``3`` -> int, ``[1, 2]`` -> list, ``5e-4`` -> float)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a raw recipe dict (list items by index: ``methods.0.T=2``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise DistillError(f"override {item!r} is not of the form key.path=value")
+        path, value = item.split("=", 1)
+        node: Any = raw
+        parts = path.strip().split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise DistillError(f"override {path}: {part!r} is not an index of {'.'.join(parts[:i])}")
+                part = int(part)  # type: ignore[assignment]
+            elif not isinstance(node, dict):
+                raise DistillError(f"override {path}: {'.'.join(parts[:i])} is not a mapping")
+            if last:
+                node[part] = parse_value(value)
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file; any problem raises one DistillError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe not found: {path}")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DistillError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
+    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw dict into a Recipe, then check component arguments against the registries."""
+    singular = "method" in raw
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise DistillError(f"{source}: {_explain(e)}") from None
+    _check_components(recipe, singular)
+    return recipe
+
+
+def _explain(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "recipe"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return (f"unknown key '{key}'{closest(loc[-1], allowed)} (allowed: {', '.join(allowed)})")
+    if err["type"] == "missing":
+        return f"missing required key '{key}'"
+    return f"{key}: {err['msg'].lower()} (got {err.get('input')!r})"
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = Recipe
+    for part in loc:
+        if part.isdigit():
+            continue
+        ann = model.model_fields[part].annotation
+        for arg in (*typing.get_args(ann), ann):
+            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is list else arg
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                model = inner
+                break
+    return list(model.model_fields)
+
+
+def _check_components(recipe: Recipe, singular: bool) -> None:
+    from distill.data import DATASETS
+    from distill.methods import METHODS
+    from distill.models import MODELS
+
+    d = recipe.data
+    check_kwargs(DATASETS.get(d.name), d.kwargs, "data", f"dataset '{d.name}'", skip=("seed",))
+    for role in ("teacher", "student"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            check_kwargs(MODELS.get(spec.name), spec.kwargs, role, f"model '{spec.name}'",
+                         skip=("num_classes", "input_shape"))
+    needs_teacher = False
+    for i, m in enumerate(recipe.methods):
+        cls = METHODS.get(m.name)
+        check_kwargs(cls, m.kwargs, "method" if singular else f"methods.{i}", f"method '{m.name}'")
+        needs_teacher |= cls.needs.teacher
+    if needs_teacher and recipe.teacher is None:
+        raise DistillError("the recipe's methods need a teacher: add a 'teacher' section")
+    if recipe.teacher and recipe.teacher.weights is None and recipe.teacher.normalize is not None:
+        raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
+                           "a teacher trained here uses data.normalize")

@@ -1,0 +1,81 @@
+"""Data contracts shared by data, models, methods and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+UNLABELLED = -1
+"""Target value of a transfer-set sample: seen by distillation through teacher targets only."""
+
+
+@dataclass
+class Batch:
+    """One mini-batch.
+
+    input:  (B, ...) float tensor, already normalised for the student.
+    target: (B,) long tensor; ``UNLABELLED`` (-1) marks transfer-set samples.
+    index:  (B,) long tensor of dataset indices (CRD-style methods need them).
+    extras: anything else a method may ask for by name.
+    """
+
+    input: Tensor
+    target: Tensor
+    index: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> Tensor:
+        """(B,) bool mask of samples that carry a label."""
+        return self.target != UNLABELLED
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Move tensors to ``device`` (non-blocking where possible)."""
+        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
+        return Batch(move(self.input), move(self.target), move(self.index),
+                     {k: move(v) for k, v in self.extras.items()})
+
+
+@dataclass
+class ModelOutput:
+    """What a model produced on a batch: logits (B, C) and the tapped features by path."""
+
+    logits: Tensor
+    feats: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossOutput:
+    """A method's result: ``loss`` is the weighted sum the engine backprops; ``terms`` are
+    the weighted components (summing to ``loss``) for logging."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from the engine.
+
+    teacher: needs teacher outputs at all (``ce`` does not).
+    taps: module paths whose outputs must be captured on student/teacher.
+    live_teacher: True when cached teacher logits do not suffice (feature methods).
+    """
+
+    teacher: bool = True
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
+    live_teacher: bool = False
+
+
+@dataclass
+class StepContext:
+    """Where training is: lets methods schedule themselves (e.g. warm-up of a loss weight)."""
+
+    epoch: int
+    step: int
+    epochs: int
+    steps_per_epoch: int

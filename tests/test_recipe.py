@@ -1,0 +1,98 @@
+"""Recipe schema: strict keys and types, overrides, component arguments checked against the registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.errors import DistillError
+from distill.recipe import apply_overrides, load_recipe, recipe_from_dict
+
+BASE = {
+    "data": {"name": "digits", "labels_per_class": 20},
+    "teacher": {"name": "mlp", "hidden": [64]},
+    "student": {"name": "mlp", "hidden": [16]},
+    "method": {"name": "kd", "T": 4},
+    "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4}},
+}
+
+
+def _raw(**changes: object) -> dict:
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    raw.update(changes)
+    return raw
+
+
+def test_valid_recipe_is_frozen_and_typed() -> None:
+    r = recipe_from_dict(_raw())
+    assert r.methods[0].name == "kd" and r.methods[0].kwargs == {"T": 4}
+    assert r.student.kwargs == {"hidden": [16]}
+    assert r.train.optimizer.weight_decay == pytest.approx(5e-4)
+    with pytest.raises(Exception):
+        r.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"trian": {}}, "unknown key 'trian'; did you mean 'train'"),
+    ({"train": {"epochs": "ten"}}, "train.epochs"),
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"optimizer": {"name": "lbfgs"}}}, "train.optimizer.name"),
+    ({"train": {"optimizer": {"lr": 0.1, "momentun": 0.9}}}, "unknown key 'train.optimizer.momentun'"),
+    ({"data": {"name": "digitz"}}, "did you mean 'digits'"),
+    ({"data": {"name": "digits", "bogus": 1}}, "data.bogus: unknown key for dataset 'digits'"),
+    ({"student": {"name": "mlp", "hiden": [3]}}, "student.hiden: unknown key for model 'mlp'; did you mean 'hidden'"),
+    ({"student": {"name": "mlp", "hidden": "wide"}}, "student.hidden"),
+    ({"student": {"name": "resnet99"}}, "unknown model 'resnet99'"),
+    ({"method": {"name": "kd", "Tx": 2}}, "method.Tx: unknown key for method 'kd'"),
+    ({"method": {"name": "kd", "T": "hot"}}, "method.T"),
+    ({"method": {"name": "kdd"}}, "unknown method 'kdd'; did you mean 'kd'"),
+])
+def test_bad_recipes_name_the_key(change: dict, needle: str) -> None:
+    with pytest.raises(DistillError) as e:
+        recipe_from_dict(_raw(**change))
+    assert needle in str(e.value)
+
+
+def test_missing_student_and_missing_teacher() -> None:
+    raw = _raw()
+    del raw["student"]
+    with pytest.raises(DistillError, match="missing required key 'student'"):
+        recipe_from_dict(raw)
+    raw = _raw()
+    del raw["teacher"]
+    with pytest.raises(DistillError, match="need a teacher"):
+        recipe_from_dict(raw)
+
+
+def test_overrides_parse_yaml_values_and_reach_nested_keys() -> None:
+    raw = apply_overrides(_raw(), ["train.epochs=3", "method.T=2", "student.hidden=[8, 8]",
+                                   "train.optimizer.lr=1e-3", "output_dir=/tmp/x"])
+    r = recipe_from_dict(raw)
+    assert r.train.epochs == 3 and r.methods[0].kwargs["T"] == 2
+    assert r.student.kwargs["hidden"] == [8, 8] and r.train.optimizer.lr == pytest.approx(1e-3)
+    assert str(r.out) == "/tmp/x"
+    with pytest.raises(DistillError, match="key.path=value"):
+        apply_overrides(_raw(), ["train.epochs"])
+
+
+def test_load_recipe_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(DistillError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {name: digits\nstudent: [")
+    with pytest.raises(DistillError, match="malformed YAML at line"):
+        load_recipe(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(DistillError, match="must be a mapping"):
+        load_recipe(scalar)
+
+
+def test_every_shipped_recipe_validates() -> None:
+    recipes = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+    assert recipes, "recipes/ must hold example recipes"
+    for path in recipes:
+        load_recipe(path)
