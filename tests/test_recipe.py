@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from distill.errors import DistillError
 from distill.recipe import apply_overrides, load_recipe, recipe_from_dict
@@ -31,7 +32,7 @@ def test_valid_recipe_is_frozen_and_typed() -> None:
     assert r.methods[0].name == "kd" and r.methods[0].kwargs == {"T": 4}
     assert r.student.kwargs == {"hidden": [16]}
     assert r.train.optimizer.weight_decay == pytest.approx(5e-4)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         r.seed = 3  # type: ignore[misc]
 
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from distill.errors import DistillError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one ``error:`` line (and exit code 2) like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="distill", description="Knowledge distillation for PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="train teacher (if needed), scratch baseline and distilled student; report")
     r.add_argument("recipe")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 method.T=2")
@@ -29,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--role", choices=["student", "teacher"], default="student")
     i = sub.add_parser("inspect", help="module paths and output shapes of a model, from a dry run")
     i.add_argument("model", help="a recipe (.yaml), a zoo model name, or an import path 'pkg.mod:Class'")
-    i.add_argument("kwargs", nargs="*", help="model arguments key=value (zoo/import path)")
+    i.add_argument("overrides", nargs="*", help="model arguments key=value, or recipe overrides")
     i.add_argument("--role", choices=["student", "teacher"], default="teacher")
     i.add_argument("--input-shape", default="1,28,28", help="per-sample input shape, e.g. 1,28,28")
     i.add_argument("--num-classes", type=int, default=10)
@@ -39,7 +47,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may follow options (`run R --resume a.b=1`): argparse leaves those as extras
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     try:
         return _dispatch(args)
     except DistillError as e:
@@ -57,7 +72,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(commands.list_registered())
         return 0
     if args.command == "inspect":
-        print(commands.inspect(args.model, args.kwargs, role=args.role, input_shape=args.input_shape,
+        print(commands.inspect(args.model, args.overrides, role=args.role, input_shape=args.input_shape,
                                num_classes=args.num_classes))
         return 0
     from distill.recipe import load_recipe

@@ -79,7 +79,7 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
         spec = recipe.teacher if role == "teacher" else recipe.student
         if spec is None:
             raise DistillError(f"{target} has no '{role}' section")
-        data = load_data(recipe)
+        data = load_data(recipe, label_budget=False)
         model = build_arch(spec, data, recipe.seed)
         shape = tuple(data.input_shape)
     else:

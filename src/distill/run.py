@@ -4,14 +4,22 @@ the distilled student; then evaluate all of them and write the report."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor, nn
 
-from distill.build import (build_arch, build_methods, check_classes, fingerprint, frozen_teacher, load_data,
-                           load_model_weights)
+from distill.build import (
+    build_arch,
+    build_methods,
+    check_classes,
+    fingerprint,
+    frozen_teacher,
+    load_data,
+    load_model_weights,
+)
 from distill.data import ArrayDataset, BatchLoader, DataSplits
 from distill.engine import FitJob, fit
 from distill.evaluate import model_metrics, predict, topk_accuracy
@@ -89,7 +97,7 @@ def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, me
     loader = BatchLoader(ds, recipe.data.batch_size, shuffle=True, seed=recipe.seed, epoch_size=epoch_size)
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=recipe.seed,
                  fingerprint=fp, teacher=teacher, evaluate=_epoch_eval(data, recipe.data.eval_batch_size),
-                 resume=resume, device=recipe.device, desc=role, log=log)
+                 resume=resume, device=recipe.device, desc=role, log=log, num_classes=data.num_classes)
     history = fit(job)
     weights = out / "model.safetensors"
     save_weights(weights, model.state_dict())

@@ -32,7 +32,7 @@ class Batch:
         """(B,) bool mask of samples that carry a label."""
         return self.target != UNLABELLED
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """Move tensors to ``device`` (non-blocking where possible)."""
         move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
         return Batch(move(self.input), move(self.target), move(self.index),
@@ -79,3 +79,14 @@ class StepContext:
     step: int
     epochs: int
     steps_per_epoch: int
+
+
+@dataclass
+class SetupContext:
+    """What a method learns once before training, from a dry run: the shapes (batch dim included) of
+    the taps it asked for, and the dataset's size and class count (memory banks need them)."""
+
+    student_shapes: dict[str, tuple[int, ...]]
+    teacher_shapes: dict[str, tuple[int, ...]]
+    num_samples: int
+    num_classes: int

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +23,10 @@ from distill.engine.logs import EpochLog
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.errors import NonFiniteLossError
 from distill.methods.base import MethodSet
-from distill.recipe import TrainSpec
 from distill.models import as_logits
+from distill.recipe import TrainSpec
 from distill.taps import FeatureTaps
-from distill.types import Batch, ModelOutput, StepContext
+from distill.types import Batch, ModelOutput, SetupContext, StepContext
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
@@ -46,13 +47,16 @@ class FitJob:
     resume: bool = False
     device: str = "cpu"
     desc: str = "train"
+    num_classes: int = 0  # 0: inferred from the labels
     log: Callable[[str], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit(job: FitJob) -> list[dict[str, Any]]:
     """Train ``job.model`` for ``job.train.epochs`` epochs, checkpointing each epoch; returns the history."""
-    model, methods = job.model.to(job.device), job.methods.to(job.device)
+    model = job.model.to(job.device)
+    _setup_methods(job)
+    methods = job.methods.to(job.device)
     params = list(model.parameters()) + list(methods.parameters())
     opt = build_optimizer(params, job.train.optimizer)
     sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs)
@@ -69,6 +73,32 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
         job.log(_describe(job.desc, epoch, job.train.epochs, stats))
     logger.close()
     return job.history
+
+
+def _setup_methods(job: FitJob) -> None:
+    """Dry-run student and teacher on two samples so methods can build connectors from real tap shapes."""
+    x = job.loader.ds.x[:2].to(job.device)
+    s_shapes = _tap_shapes(job.model, job.model, job.methods.student_taps, x)
+    t_shapes = {}
+    if job.teacher is not None and job.methods.teacher_taps:
+        t_shapes = _tap_shapes(job.teacher, job.teacher.model, job.methods.teacher_taps, x)
+    classes = job.num_classes or int(job.loader.ds.y.max()) + 1
+    job.methods.setup(SetupContext(student_shapes=s_shapes, teacher_shapes=t_shapes,
+                                   num_samples=len(job.loader.ds), num_classes=classes))
+
+
+def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Tensor) -> dict[str, tuple[int, ...]]:
+    if not paths:
+        return {}
+    modes = [(m, m.training) for m in run.modules()]
+    run.eval()  # no BatchNorm statistics updated by the dry run
+    try:
+        with FeatureTaps(hooked, paths) as taps, torch.no_grad():
+            run(x)
+            return {k: tuple(v.shape) for k, v in taps.feats.items()}
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _start(job: FitJob, opt: torch.optim.Optimizer, sched: Any) -> int:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.registry import Registry
-from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext
+from distill.types import Batch, LossOutput, ModelOutput, Needs, SetupContext, StepContext
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -25,6 +25,9 @@ class Method(nn.Module):
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch,
                 ctx: StepContext) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Called once before the optimizer is built, with probed tap shapes: build connectors here."""
 
     def diagnose(self, teacher_logits: Tensor) -> list[str]:
         """Warnings about this method's setting for a sample of teacher logits (B, C); default none."""
@@ -78,6 +81,11 @@ class MethodSet(nn.Module):
             total = out.loss * w if total is None else total + out.loss * w
         assert total is not None
         return LossOutput(total, terms)
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Let every method build its connectors from the probed shapes."""
+        for m in self.methods:
+            m.setup(ctx)
 
     def diagnose(self, teacher_logits: Tensor) -> list[str]:
         """Collect every method's warnings for a sample of teacher logits."""
