@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+from distill.engine import setup_methods
 from distill.methods import METHODS, MethodSet, build_method
 from distill.methods.kd import kd_loss, standardize_logits
-from distill.models import FrozenTeacher
+from distill.models import FrozenTeacher, build_model
+from distill.taps import FeatureTaps
 from distill.types import UNLABELLED, Batch, ModelOutput, StepContext
 
 CTX = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
@@ -113,19 +114,29 @@ def test_method_set_sums_weighted_terms() -> None:
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_teacher_gets_no_gradient_and_stays_in_eval(name: str) -> None:
+def test_every_method_contract_on_zoo_models(name: str) -> None:
+    """Default kwargs on unmodified zoo models: finite loss, gradients reach the student and the method's
+    connectors, none reach the teacher, and the teacher stays in eval mode."""
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
-    raw_teacher = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+    student = build_model("resnet8", num_classes=4, input_shape=(3, 16, 16))
+    raw_teacher = build_model("resnet14", num_classes=4, input_shape=(3, 16, 16))
     teacher = FrozenTeacher(raw_teacher)
+    methods = MethodSet([build_method("ce"), build_method(name)])
+    x = torch.randn(6, 3, 16, 16)
+    setup_methods(methods, student, teacher, x[:2], num_samples=6, num_classes=4)
+    student.train()
+    methods.train()
     teacher.train()  # an engine calling .train() on everything must not flip the teacher
-    method = build_method(name)
-    x = torch.randn(5, 6)
-    batch = Batch(x, torch.tensor([0, 1, UNLABELLED, 3, 2]), torch.arange(5))
-    t_out = ModelOutput(teacher(x)) if method.needs.teacher else None
-    out = method(ModelOutput(student(x)), t_out, batch, CTX)
+    batch = Batch(x, torch.tensor([0, 1, UNLABELLED, 3, 2, 1]), torch.arange(6))
+    with FeatureTaps(student, methods.student_taps) as s_taps, FeatureTaps(raw_teacher, methods.teacher_taps) as t_taps:
+        s_out = ModelOutput(student(x), dict(s_taps.feats))
+        t_out = ModelOutput(teacher(x), dict(t_taps.feats)) if methods.needs_teacher else None
+    out = methods(s_out, t_out, batch, CTX)
     assert torch.isfinite(out.loss)
+    assert sum(v.item() for v in out.terms.values()) == pytest.approx(out.loss.item(), rel=1e-4, abs=1e-5)
     out.loss.backward()
     assert all(p.grad is not None for p in student.parameters())
+    trainable = [(n, p) for n, p in methods.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
     assert all(p.grad is None for p in raw_teacher.parameters())
     assert not raw_teacher.training

@@ -156,6 +156,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise DistillError(f"override {path}: {'.'.join(parts[:i])} is not a mapping")
             if last:
                 node[part] = parse_value(value)
+                if i == 0 and part in ("method", "methods"):  # one replaces the other
+                    raw.pop("methods" if part == "method" else "method", None)
             else:
                 if isinstance(node, dict) and node.get(part) is None:
                     node[part] = {}
@@ -199,7 +201,9 @@ def _explain(e: ValidationError) -> str:
         return (f"unknown key '{key}'{closest(loc[-1], allowed)} (allowed: {', '.join(allowed)})")
     if err["type"] == "missing":
         return f"missing required key '{key}'"
-    return f"{key}: {err['msg'].lower()} (got {err.get('input')!r})"
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{key}: {err['msg'].lower()} (got {got})"
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

@@ -142,13 +142,18 @@ def _report(recipe: Recipe, data: DataSplits, trained: dict[str, Trained], teach
         model = teacher if role == "teacher" else t.model
         metrics = model_metrics(model, data.test.x, data.test.y, num_classes=data.num_classes,
                                 teacher_logits=t_logits, weights_path=t.weights,
-                                history=t.history or None, latency=recipe.eval.latency)
+                                history=_main_stage(t.history), latency=recipe.eval.latency)
         metrics["params"] = sum(p.numel() for p in t.model.parameters())
         models[role] = metrics
     path = write_report(recipe.out, models=models, histories={r: t.history for r, t in trained.items()},
                         recipe=recipe.model_dump(mode="json"), seed=recipe.seed, title=recipe.name, notes=notes)
     log(f"report: {path}")
     return path
+
+
+def _main_stage(history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Epochs of the main stage only: a pre-training stage's epochs never count as the best epoch."""
+    return [h for h in history if h.get("stage", "main") == "main"] or None
 
 
 def _describe_data(data: DataSplits) -> str:

@@ -75,10 +75,11 @@ class Needs:
 class StepContext:
     """Where training is: lets methods schedule themselves (e.g. warm-up of a loss weight)."""
 
-    epoch: int
-    step: int
-    epochs: int
+    epoch: int  # epoch within the current stage, from 0
+    step: int  # optimizer step within the current stage, from 0
+    epochs: int  # epochs of the current stage
     steps_per_epoch: int
+    stage: str = "main"  # "pretrain" while methods' pre-training stages run (e.g. FitNet hints)
 
 
 @dataclass

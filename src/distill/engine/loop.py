@@ -59,10 +59,11 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     methods = job.methods.to(job.device)
     params = list(model.parameters()) + list(methods.parameters())
     opt = build_optimizer(params, job.train.optimizer)
-    sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs)
+    pre = methods.pretrain_epochs
+    sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre)
     start = _start(job, opt, sched)
     logger = EpochLog(job.out_dir)
-    for epoch in range(start, job.train.epochs):
+    for epoch in range(start, pre + job.train.epochs):
         stats = _train_epoch(job, opt, sched, params, epoch)
         if job.evaluate is not None:
             stats.update(job.evaluate(model))
@@ -70,21 +71,27 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
         save_checkpoint(job.out_dir, model=model, methods=methods, optimizer=opt, scheduler=sched,
                         epoch=epoch + 1, history=job.history, fingerprint=job.fingerprint)
         logger.write(job.history)
-        job.log(_describe(job.desc, epoch, job.train.epochs, stats))
+        job.log(_describe(job.desc, stats))
     logger.close()
     return job.history
 
 
 def _setup_methods(job: FitJob) -> None:
-    """Dry-run student and teacher on two samples so methods can build connectors from real tap shapes."""
-    x = job.loader.ds.x[:2].to(job.device)
-    s_shapes = _tap_shapes(job.model, job.model, job.methods.student_taps, x)
-    t_shapes = {}
-    if job.teacher is not None and job.methods.teacher_taps:
-        t_shapes = _tap_shapes(job.teacher, job.teacher.model, job.methods.teacher_taps, x)
     classes = job.num_classes or int(job.loader.ds.y.max()) + 1
-    job.methods.setup(SetupContext(student_shapes=s_shapes, teacher_shapes=t_shapes,
-                                   num_samples=len(job.loader.ds), num_classes=classes))
+    setup_methods(job.methods, job.model, job.teacher, job.loader.ds.x[:2].to(job.device),
+                  num_samples=len(job.loader.ds), num_classes=classes)
+
+
+def setup_methods(methods: MethodSet, model: nn.Module, teacher: nn.Module | None, x: Tensor, *,
+                  num_samples: int, num_classes: int) -> None:
+    """Dry-run student and teacher on a small batch ``x`` so methods build connectors from real tap shapes."""
+    s_shapes = _tap_shapes(model, model, methods.student_taps, x)
+    t_shapes = {}
+    if teacher is not None and methods.teacher_taps:
+        hooked = getattr(teacher, "model", teacher)  # FrozenTeacher: hook the wrapped model
+        t_shapes = _tap_shapes(teacher, hooked, methods.teacher_taps, x)
+    methods.setup(SetupContext(student_shapes=s_shapes, teacher_shapes=t_shapes, num_samples=num_samples,
+                               num_classes=num_classes))
 
 
 def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Tensor) -> dict[str, tuple[int, ...]]:
@@ -121,20 +128,24 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
                  epoch: int) -> dict[str, Any]:
     job.model.train()
     job.methods.train()
-    job.loader.set_epoch(epoch)
+    job.loader.set_epoch(epoch)  # the global epoch: data order never repeats across stages
     n_steps = len(job.loader)
+    pre = job.methods.pretrain_epochs
+    stage, stage_epoch, stage_epochs = ("pretrain", epoch, pre) if epoch < pre else \
+        ("main", epoch - pre, job.train.epochs)
     meter = _Meter(job, epoch, n_steps)
     with ExitStack() as stack:
         s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
         t_taps = None
         if job.teacher is not None and job.methods.teacher_taps:
-            t_taps = stack.enter_context(FeatureTaps(job.teacher.model, job.methods.teacher_taps))
-        bar = stack.enter_context(tqdm(total=n_steps, desc=f"{job.desc} {epoch + 1}/{job.train.epochs}",
+            t_taps = stack.enter_context(FeatureTaps(getattr(job.teacher, "model", job.teacher),
+                                                         job.methods.teacher_taps))
+        bar = stack.enter_context(tqdm(total=n_steps, desc=f"{job.desc} {stage} {stage_epoch + 1}/{stage_epochs}",
                                        leave=False, disable=None, dynamic_ncols=True))
         for i, batch in enumerate(job.loader):
             batch = batch.to(job.device)
-            ctx = StepContext(epoch=epoch, step=epoch * n_steps + i, epochs=job.train.epochs,
-                              steps_per_epoch=n_steps)
+            ctx = StepContext(epoch=stage_epoch, step=stage_epoch * n_steps + i, epochs=stage_epochs,
+                              steps_per_epoch=n_steps, stage=stage)
             s_out = _forward(job.model, batch, s_taps)
             t_out = _forward(job.teacher, batch, t_taps) if job.methods.needs_teacher else None
             out = job.methods(s_out, t_out, batch, ctx)
@@ -149,7 +160,9 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             if (i + 1) % job.train.log_every == 0:
                 bar.set_postfix_str(meter.flush(), refresh=False)
     meter.flush()
-    return meter.summary(opt.param_groups[0]["lr"])
+    stats = meter.summary(opt.param_groups[0]["lr"])
+    stats.update(stage=stage, stage_epoch=stage_epoch + 1, stage_epochs=stage_epochs)
+    return stats
 
 
 def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None) -> ModelOutput:
@@ -210,8 +223,10 @@ class _Meter:
         return out
 
 
-def _describe(desc: str, epoch: int, epochs: int, stats: dict[str, Any]) -> str:
-    parts = [f"{desc} epoch {epoch + 1}/{epochs}", f"loss {stats.get('loss', float('nan')):.4f}"]
+def _describe(desc: str, stats: dict[str, Any]) -> str:
+    stage = "" if stats["stage"] == "main" else " (pre-training stage)"
+    parts = [f"{desc} epoch {stats['stage_epoch']}/{stats['stage_epochs']}{stage}",
+             f"loss {stats.get('loss', float('nan')):.4f}"]
     for key in ("val_top1", "test_top1"):
         if key in stats:
             parts.append(f"{key.split('_')[0]} {100 * stats[key]:.2f}%")

@@ -37,9 +37,11 @@ def lr_factor(step: int, spec: ScheduleSpec, steps_per_epoch: int, epochs: int, 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, spec: ScheduleSpec, steps_per_epoch: int,
-                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimizer step."""
+def build_scheduler(opt: torch.optim.Optimizer, spec: ScheduleSpec, steps_per_epoch: int, epochs: int,
+                    pretrain_epochs: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per optimizer step; a pre-training stage runs at the base lr and the
+    schedule starts with the main stage."""
     base = opt.param_groups[0]["lr"]
+    offset = pretrain_epochs * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, spec, steps_per_epoch, epochs, base))
+        opt, lambda step: 1.0 if step < offset else lr_factor(step - offset, spec, steps_per_epoch, epochs, base))

@@ -55,6 +55,11 @@ class MethodSet(nn.Module):
         self.weights = list(weights or [1.0] * len(methods))
 
     @property
+    def pretrain_epochs(self) -> int:
+        """Length of the pre-training stage: the longest any method declares (0: none)."""
+        return max((int(getattr(m, "pretrain_epochs", 0)) for m in self.methods), default=0)
+
+    @property
     def needs_teacher(self) -> bool:
         return any(m.needs.teacher for m in self.methods)
 
@@ -74,12 +79,19 @@ class MethodSet(nn.Module):
         total: Tensor | None = None
         terms: dict[str, Tensor] = {}
         for method, w in zip(self.methods, self.weights):
-            out = method(s, t, batch, ctx)
+            if ctx.stage == "pretrain":
+                # only methods still in their declared pre-training stage contribute, with their stage loss
+                if ctx.epoch >= int(getattr(method, "pretrain_epochs", 0)):
+                    continue
+                out = method.pretrain_loss(s, t, batch, ctx)
+            else:
+                out = method(s, t, batch, ctx)
             for name, value in out.terms.items():
                 key = name if name not in terms else f"{type(method).__name__.lower()}.{name}"
                 terms[key] = value * w
             total = out.loss * w if total is None else total + out.loss * w
-        assert total is not None
+        if total is None:
+            raise RuntimeError("no method contributes a loss in this stage")
         return LossOutput(total, terms)
 
     def setup(self, ctx: SetupContext) -> None:

@@ -6,7 +6,9 @@ then frozen. A translator (the same encoder shape with BatchNorm) maps the stude
 that shape and trains with the student. The loss is the L1 distance between the L2-normalised flattened
 factors, ``mean |F_s / ||F_s|| - F_t / ||F_t|| |``, summed over layer pairs and weighted by ``beta`` = 200
 (RepDistiller). Convs are 3x3 with LeakyReLU(0.1) (Linear layers for vector features); the paraphraser's
-last decoder layer is linear so features of either sign can be reconstructed.
+last decoder layer is linear so features of either sign can be reconstructed. The paraphrasers' parameters
+are trainable after ``setup`` and during :meth:`FT.pretrain_loss`; the first main-stage ``forward`` turns
+their ``requires_grad`` off (they then get no gradient and no optimiser update).
 
 ``pretrain_epochs`` (default 30, RepDistiller's init stage) asks the engine to optimise
 :meth:`FT.pretrain_loss` (the reconstruction) alone for that many epochs before the main stage; with 0 the
@@ -69,6 +71,7 @@ class Paraphraser(nn.Module):
         self.decoder = _stack(rank, [factors, factors, c, c], bn=False, last_act=False)
 
     def encode(self, x: Tensor) -> Tensor:
+        """(B, Ct, *S) -> factor (B, K, *S)."""
         return self.encoder(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,6 +89,7 @@ class Translator(nn.Module):
         self.encoder = _stack(len(teacher_shape) - 2, [c, c, factors, factors], bn=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, Cs, *Ss) -> factor (B, K, *St)."""
         return self.encoder(self.adapt(x))
 
 
@@ -119,9 +123,11 @@ class FT(Method):
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         check_setup("ft", self.translators, self.pairs)
+        # The paraphrasers are frozen once the main stage runs: no gradient, not in the trainable set.
+        self.paraphrasers.requires_grad_(False)
         terms = []
         for para, trans, (fs, ft) in zip(self.paraphrasers, self.translators, paired_features("ft", s, t, self.pairs)):
-            with torch.no_grad():  # the paraphraser is frozen after its pre-training stage
+            with torch.no_grad():
                 factor_t = para.encode(ft)
             terms.append(factor_loss(trans(fs), factor_t))
         loss = self.beta * torch.stack(terms).sum()
@@ -130,6 +136,7 @@ class FT(Method):
     def pretrain_loss(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         """Stage 1: the paraphrasers' reconstruction MSE of the teacher features, unweighted."""
         check_setup("ft", self.paraphrasers, self.pairs)
+        self.paraphrasers.requires_grad_(True)
         feats = paired_features("ft", s, t, self.pairs)
         loss = torch.stack([F.mse_loss(para(ft).float(), ft.float())
                             for para, (_, ft) in zip(self.paraphrasers, feats)]).sum()

@@ -21,8 +21,8 @@ Simplifications, stated plainly:
   NaN on repeated (e.g. dead-channel zero) values; the reference code zeroes NaNs after the fact instead.
 - The reference needs equal student/teacher channel counts at every tap. Here ``setup`` adds a bias-free
   linear channel map on the student side where they differ (``connector=True``), FitNets-style.
-- It is trained jointly with the task loss (a recipe adds ce/kd), as in the authors' later re-implementation
-  and the PyTorch ports; there is no separate initialisation stage.
+- It is trained jointly with the task loss (a recipe adds ce/kd), as the authors' released code does ("multi-task
+  learning") and the PyTorch ports do; there is no separate initialisation stage.
 """
 
 from __future__ import annotations

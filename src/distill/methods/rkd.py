@@ -9,8 +9,8 @@ The student matches the teacher's *structure* over a batch of embeddings, not th
 with the Huber (smooth-L1, delta 1) loss. Both potentials are invariant to translating, rotating or
 uniformly scaling an embedding, so student and teacher widths may differ and no connector is needed.
 Means run over all B^2 pairs and B^3 triplets; degenerate ones (i = j) are 0 on both sides, as in the
-reference code the weights were tuned with. Defaults: w_dist=25, w_angle=50 (the paper's classification
-setting; RepDistiller and mdistiller use the same, with an overall weight of 1), on the penultimate embedding.
+reference code the weights were tuned with. Defaults: w_dist=25, w_angle=50 (RepDistiller / mdistiller, with
+an overall weight of 1; the paper's 1:2 distance:angle ratio), on the penultimate embedding.
 
 This module also holds the tap plumbing shared by the relation methods (sp, cc, pkt, kdsvd).
 """
