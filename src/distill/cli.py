@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--input-shape", default="1,28,28", help="per-sample input shape, e.g. 1,28,28")
     i.add_argument("--num-classes", type=int, default=10)
     sub.add_parser("list", help="registered methods, models and datasets")
+    b = sub.add_parser("bench", help="scratch + many methods on one teacher/student pair over several seeds")
+    b.add_argument("recipe")
+    b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    b.add_argument("--methods", default="all", help="'all' (every method but ce) or a list like kd,dkd,rkd")
+    b.add_argument("--seeds", type=int, default=1, help="number of seeds, from the recipe's seed up")
+    b.add_argument("--method-args", help="YAML file: method name -> keyword arguments (e.g. layer paths)")
+    b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
     return p
 
 
@@ -87,6 +94,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"teacher weights written to {commands.train_teacher(recipe, resume=args.resume)}")
     elif args.command == "eval":
         print(json.dumps(commands.evaluate_weights(recipe, args.checkpoint, role=args.role), indent=2))
+    elif args.command == "bench":
+        from distill.bench import bench, format_command
+
+        command = format_command(args.recipe, args.overrides, methods=args.methods, seeds=args.seeds,
+                                 method_args=args.method_args, resume=args.resume)
+        path = bench(recipe, methods=args.methods, seeds=args.seeds, method_args=args.method_args,
+                     resume=args.resume, command=command)
+        print(f"bench written to {Path(path).resolve()}")
     return 0
 
 

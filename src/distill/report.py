@@ -186,6 +186,7 @@ def _plot_curves(path: Path, roles: list[str], histories: dict[str, list[dict]])
 
 def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -197,6 +198,7 @@ def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
         ax.annotate(role, (params, 100 * top1), textcoords="offset points", xytext=(6, 6))
     if ax.collections:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (2x10^4, 3x10^4...) overlap
         ax.margins(x=0.2, y=0.15)  # room for the labels of the outermost points
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
