@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import distill.methods.crd as crd_mod
@@ -223,7 +224,25 @@ def test_reviewkd_treats_vector_stages_as_1x1_maps() -> None:
     out.loss.backward()
     assert fs[EMB].grad is not None
     with pytest.raises(DistillError, match="'tokens'"):
-        _reviewkd({"tokens": (2, 5, 8)}, {"t": (2, 8)})
+        _reviewkd({"tokens": (2, 5, 8, 3, 3)}, {"t": (2, 8)})
+
+
+def test_reviewkd_accepts_1d_sequence_stages() -> None:
+    # (B, C, L) maps of 1-D conv nets are treated as (B, C, L, 1); the pyramid pools along L only
+    s_shapes = {"l1": (2, 4, 16), "l2": (2, 8, 8)}
+    t_shapes = {"m1": (2, 6, 16), "m2": (2, 12, 8)}
+    method = _reviewkd(s_shapes, t_shapes)
+    fs = _feats(s_shapes, grad=True)
+    out = method(ModelOutput(torch.zeros(2, 3), fs), ModelOutput(torch.zeros(2, 3), _feats(t_shapes)),
+                 _batch([0, 1]), CTX)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert fs["l1"].grad is not None and fs["l2"].grad is not None
+    a, b = torch.randn(2, 3, 8, 1), torch.randn(2, 3, 8, 1)
+    expected = (F.mse_loss(a, b) + 0.5 * F.mse_loss(a.reshape(2, 3, 4, 2, 1).mean(3), b.reshape(2, 3, 4, 2, 1).mean(3))
+                + 0.25 * F.mse_loss(a.reshape(2, 3, 2, 4, 1).mean(3), b.reshape(2, 3, 2, 4, 1).mean(3))
+                + 0.125 * F.mse_loss(a.mean(2, keepdim=True), b.mean(2, keepdim=True))) / 1.875
+    assert reviewkd_mod.hcl_loss([a], [b]).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_reviewkd_teacher_features_get_no_gradient() -> None:

@@ -30,18 +30,21 @@ PYRAMID = (4, 2, 1)  # pooled sizes of the HCL levels, after the full-resolution
 def hcl_loss(fused: list[Tensor], teacher: list[Tensor]) -> Tensor:
     """Hierarchical context loss over paired (B, C, H, W) maps -> scalar, summed over stages.
 
-    Level weights halve per level (1, 1/2, 1/4, 1/8); pooled levels not smaller than min(H, W) are skipped
+    Level weights halve per level (1, 1/2, 1/4, 1/8); a level is pooled to (min(size, H), min(size, W)) and
+    skipped when that is the full map
     and the weighted MSEs (means over all elements) are divided by the sum of the weights used.
     """
     total = fused[0].new_zeros((), dtype=torch.float32)
     for fs, ft in zip(fused, teacher, strict=True):
         fs, ft = fs.float(), ft.float()  # (B, C, H, W) each
         loss, weight, weights = F.mse_loss(fs, ft), 1.0, 1.0
+        h, w = fs.shape[-2:]
         for size in PYRAMID:
-            if size >= min(fs.shape[-2:]):
+            target = (min(size, h), min(size, w))  # a 1-D stage (L, 1) pools along L only
+            if target == (h, w):
                 continue
             weight /= 2.0
-            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size))
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, target), F.adaptive_avg_pool2d(ft, target))
             weights += weight
         total = total + loss / weights
     return total
@@ -79,9 +82,12 @@ class ABF(nn.Module):
 
 
 def as_map(x: Tensor, layer: str) -> Tensor:
-    """A stage feature as a (B, C, H, W) map: 4-D as is, 2-D (B, D) as (B, D, 1, 1); others rejected."""
+    """A stage feature as a (B, C, H, W) map: 4-D as is, 1-D sequence maps (B, C, L) as (B, C, L, 1),
+    2-D (B, D) as (B, D, 1, 1); others rejected."""
     if x.dim() == 4:
         return x
+    if x.dim() == 3:
+        return x[..., None]
     if x.dim() == 2:
         return x[:, :, None, None]
     raise DistillError(f"reviewkd: layer {layer!r} gives a {x.dim()}-D feature {tuple(x.shape)}; stages must be "
@@ -163,6 +169,8 @@ def _map_shape(shapes: dict[str, tuple[int, ...]], layer: str, role: str) -> tup
     shape = shapes[layer]
     if len(shape) == 2:
         return shape[0], shape[1], 1, 1
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2], 1
     if len(shape) == 4:
         return shape[0], shape[1], shape[2], shape[3]
     raise DistillError(f"reviewkd: {role} layer {layer!r} has shape {tuple(shape)}; stages must be "
