@@ -1,4 +1,4 @@
-"""``distill run|teacher|eval|inspect|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
+"""``distill run|teacher|eval|inspect|bench|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
 
 from __future__ import annotations
 
