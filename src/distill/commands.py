@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from distill.build import build_arch, check_classes, frozen_teacher, load_data, load_model_weights
+from distill.engine.checkpoint import strip_prefix
 from distill.errors import DistillError
 from distill.io import load_into, load_weights
 from distill.recipe import Recipe, parse_value
@@ -48,9 +49,7 @@ def evaluate_weights(recipe: Recipe, checkpoint: str, *, role: str = "student") 
     model = build_arch(spec, data, recipe.seed)
     path = Path(checkpoint)
     if path.is_dir():
-        state = load_weights(path / "weights.safetensors")
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-        load_into(model, state, str(path))
+        load_into(model, strip_prefix(load_weights(path / "weights.safetensors"), "model."), str(path))
     else:
         load_model_weights(model, checkpoint, "--checkpoint")
     check_classes(data, **{role: model})

@@ -66,8 +66,8 @@ def load_checkpoint(ckpt: Path, *, model: nn.Module, methods: nn.Module, optimiz
         raise DistillError(f"{ckpt} was written by a different recipe; resume needs the same recipe "
                            "(or run without --resume / with another output_dir)")
     weights = load_weights(ckpt / "weights.safetensors")
-    load_into(model, _strip(weights, "model."), f"{ckpt}/weights.safetensors")
-    load_into(methods, _strip(weights, "methods."), f"{ckpt}/weights.safetensors")
+    load_into(model, strip_prefix(weights, "model."), f"{ckpt}/weights.safetensors")
+    load_into(methods, strip_prefix(weights, "methods."), f"{ckpt}/weights.safetensors")
     state = load_torch(ckpt / "state.pt")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -75,7 +75,8 @@ def load_checkpoint(ckpt: Path, *, model: nn.Module, methods: nn.Module, optimiz
     return Resumed(epoch=int(meta["epoch"]), history=list(meta["history"]))
 
 
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, with the prefix removed (checkpoints hold model. and methods.)."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
