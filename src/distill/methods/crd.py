@@ -73,10 +73,13 @@ def momentum_update(memory: Tensor, index: Tensor, value: Tensor, momentum: floa
 
 def contrast_logits(anchor: Tensor, memory: Tensor, index: Tensor, T: float) -> Tensor:
     """(B, D) anchors against their (B, 1 + K) bank rows ``memory[index]`` -> (B, 1 + K) ``<v, m> / T``."""
-    weights = memory[index]  # (B, 1 + K, D), no grad: the bank is a buffer
+    # Score against the whole bank, then pick the sampled columns: one (B, D) x (D, N) matmul is far cheaper
+    # than gathering a (B, 1 + K, D) copy of the bank (K is typically a large fraction of N).
     # fp32 even under autocast: exp(1 / 0.07) * N overflows fp16 when Z is formed.
     with torch.autocast(anchor.device.type, enabled=False):
-        return torch.bmm(weights.float(), anchor.float().unsqueeze(2)).squeeze(2) / T  # (B, 1 + K)
+        # the clone: autograd keeps the bank for the anchor's gradient, and the bank is updated in place later
+        scores = anchor.float() @ memory.float().clone().t()  # (B, N)
+        return scores.gather(1, index) / T  # (B, 1 + K)
 
 
 class Embed(nn.Module):
