@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.data import DataSplits, build_data
+from distill.data import Augment, DataSplits, build_data
 from distill.errors import DistillError
 from distill.io import load_into, load_weights
 from distill.methods import METHODS, MethodSet
@@ -24,6 +24,12 @@ def load_data(recipe: Recipe, *, label_budget: bool = True) -> DataSplits:
     norm = d.normalize.pair() if d.normalize else None
     return build_data(d.name, seed=recipe.seed, labels_per_class=d.labels_per_class if label_budget else None,
                       normalize=norm, **d.kwargs)
+
+
+def build_augment(recipe: Recipe) -> Augment | None:
+    """The recipe's training augmentation (``data.augment``), or None when it has none."""
+    spec = recipe.data.augment
+    return None if spec is None else Augment(shift=spec.shift, flip=spec.flip, seed=spec.seed)
 
 
 def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
@@ -95,6 +101,8 @@ def fingerprint(recipe: Recipe, role: str) -> str:
     keep = {"teacher": {"seed", "data", "teacher", "train", "device"},
             "scratch": {"seed", "data", "student", "train", "device"}}.get(role)
     body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
+    if body["data"].get("augment") is None:  # recipes without augmentation keep the fingerprints they had
+        body["data"].pop("augment", None)
     if keep is not None:
         body = {k: v for k, v in body.items() if k in keep}
     body["role"] = role

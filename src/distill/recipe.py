@@ -79,11 +79,21 @@ class TrainSpec(_Strict):
     log_every: int = Field(20, ge=1)
 
 
+class AugmentSpec(_Strict):
+    """``data.augment``: random shift (pixels, replicate padding) and horizontal flip of training inputs,
+    replayable per (sample, view) from ``seed`` (see ``distill.data.augment``)."""
+
+    shift: int = Field(0, ge=0)
+    flip: bool = False
+    seed: int = 0
+
+
 class DataSpec(_Open):
     labels_per_class: int | None = None
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     normalize: NormSpec | None = None
+    augment: AugmentSpec | None = None
 
 
 class ModelSpec(_Open):

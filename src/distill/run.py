@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from distill.build import (
     build_arch,
+    build_augment,
     build_methods,
     check_classes,
     fingerprint,
@@ -85,8 +86,12 @@ def obtain_teacher(recipe: Recipe, data: DataSplits, *, resume: bool, log: Log) 
 
 def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, methods: MethodSet,
                train: TrainSpec, ds: ArrayDataset, *, teacher: nn.Module | None = None, resume: bool = False,
-               log: Log = print, epoch_size: int | None = None) -> Trained:
-    """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming)."""
+               log: Log = print, epoch_size: int | None = None, views: int | None = None) -> Trained:
+    """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
+
+    Training batches carry the recipe's ``data.augment`` (``views``: cycle through that many augmented views
+    instead of a fresh one each epoch); per-epoch evaluation never augments.
+    """
     out = recipe.out / role
     fp = fingerprint(recipe, role)
     done = _finished(out, fp, model) if resume else None
@@ -94,7 +99,8 @@ def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, me
         log(f"{role}: already complete in {out}")
         return done
     (out / "model.json").unlink(missing_ok=True)
-    loader = BatchLoader(ds, recipe.data.batch_size, shuffle=True, seed=recipe.seed, epoch_size=epoch_size)
+    loader = BatchLoader(ds, recipe.data.batch_size, shuffle=True, seed=recipe.seed, epoch_size=epoch_size,
+                         augment=build_augment(recipe), views=views)
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=recipe.seed,
                  fingerprint=fp, teacher=teacher, evaluate=_epoch_eval(data, recipe.data.eval_batch_size),
                  resume=resume, device=recipe.device, desc=role, log=log, num_classes=data.num_classes)

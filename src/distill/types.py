@@ -20,12 +20,15 @@ class Batch:
     target: (B,) long tensor; ``UNLABELLED`` (-1) marks transfer-set samples.
     index:  (B,) long tensor of dataset indices (CRD-style methods need them).
     extras: anything else a method may ask for by name.
+    view:   which augmented view of its samples ``input`` is (``distill.data.augment``; 0 without
+            augmentation): with ``index`` it names the teacher-cache rows that labelled exactly this input.
     """
 
     input: Tensor
     target: Tensor
     index: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
+    view: int = 0
 
     @property
     def labelled(self) -> Tensor:
@@ -36,7 +39,7 @@ class Batch:
         """Move tensors to ``device`` (non-blocking where possible)."""
         move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
         return Batch(move(self.input), move(self.target), move(self.index),
-                     {k: move(v) for k, v in self.extras.items()})
+                     {k: move(v) for k, v in self.extras.items()}, self.view)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Datasets held in memory, the dataset registry and a fast batch loader.
+"""Datasets held in memory, the dataset registry, a fast batch loader and replayable augmentation.
 
 Importing this package registers every dataset (``digits``, ``mnist``, ``mnist1d``, ``arrays``,
 ``folder``) in ``DATASETS``.
 """
 
 from distill.data import builtin, user  # noqa: F401  (imported for their registrations)
+from distill.data.augment import Augment
 from distill.data.base import (
     DATASETS,
     ArrayDataset,
@@ -22,6 +23,7 @@ from distill.data.loader import BatchLoader
 __all__ = [
     "DATASETS",
     "ArrayDataset",
+    "Augment",
     "BatchLoader",
     "DataSplits",
     "RawSplits",

@@ -1,4 +1,5 @@
-"""``BatchLoader``: mini-batches of an in-memory ``ArrayDataset`` with resume-safe shuffling."""
+"""``BatchLoader``: mini-batches of an in-memory ``ArrayDataset`` with resume-safe shuffling and replayable
+augmentation views."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.data.augment import Augment
 from distill.data.base import ArrayDataset
 from distill.errors import DistillError
 from distill.types import Batch
 
 
 class BatchLoader:
-    """Iterates an in-memory ArrayDataset as ``distill.types.Batch`` (input, target, index).
+    """Iterates an in-memory ArrayDataset as ``distill.types.Batch`` (input, target, index, view).
 
     No torch DataLoader: gathering rows of in-memory tensors by index is much faster for these sizes.
 
@@ -26,27 +28,39 @@ class BatchLoader:
         independent permutations are concatenated (a 1,000-sample labelled set can take as many steps
         per epoch as a 50,000-sample transfer set). Smaller: a random subset each epoch.
     Without shuffle the order is sequential (wrapping around when ``epoch_size > len(ds)``).
+    augment: inputs become ``augment(x, index, view)`` with ``view = view_of(epoch)``; each batch carries its
+        view. ``views``: cycle through views ``0 .. views-1`` (the ones a teacher cache stores); default a
+        fresh view every epoch. Without augment (or with an identity one) every batch is view 0, unchanged.
     """
 
     def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 epoch_size: int | None = None, drop_last: bool = False) -> None:
+                 epoch_size: int | None = None, drop_last: bool = False, augment: Augment | None = None,
+                 views: int | None = None) -> None:
         if len(ds) == 0:
             raise DistillError("cannot batch an empty dataset")
         if batch_size < 1:
             raise DistillError(f"batch_size must be >= 1, got {batch_size}")
         if epoch_size is not None and epoch_size < 1:
             raise DistillError(f"epoch_size must be >= 1, got {epoch_size}")
+        if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+            raise DistillError(f"views must be an integer >= 1, got {views!r}")
         self.ds = ds
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch_size = len(ds) if epoch_size is None else epoch_size
         self.drop_last = drop_last
+        self.augment = augment
+        self.views = views
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
         self.epoch = epoch
+
+    def view_of(self, epoch: int) -> int:
+        """The augmentation view epoch ``epoch`` sees: ``epoch % views``, or ``epoch`` when ``views`` is unset."""
+        return epoch % self.views if self.views is not None else epoch
 
     def order(self) -> Tensor:
         """(epoch_size,) long tensor of dataset rows for the current epoch."""
@@ -69,6 +83,11 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.order()
+        augment = None if self.augment is None or self.augment.identity else self.augment
+        view = self.view_of(self.epoch) if augment is not None else 0
         for b in range(len(self)):
             index = order[b * self.batch_size: (b + 1) * self.batch_size]  # (B,)
-            yield Batch(input=self.ds.x[index], target=self.ds.y[index], index=index)
+            x = self.ds.x[index]  # (B, *input_shape)
+            if augment is not None:
+                x = augment(x, index, view)
+            yield Batch(input=x, target=self.ds.y[index], index=index, view=view)
