@@ -28,7 +28,7 @@ from distill.methods import METHODS, MethodSet
 from distill.methods.ce import CE
 from distill.recipe import Recipe, parse_value, recipe_from_dict
 from distill.report import DASH, collect_versions, git_sha
-from distill.run import Trained, obtain_teacher, train_role
+from distill.run import Trained, obtain_teacher, train_role, train_student
 from distill.spec_check import check_kwargs
 
 Log = Callable[[str], None]
@@ -169,8 +169,8 @@ def _bench_seed(recipe: Recipe, seed: int, plans: dict[str, list[dict[str, Any]]
             continue
         r = run_recipe(recipe, seed, root / name / f"seed{seed}", specs)
         try:
-            student = train_role("student", r, data, build_arch(r.student, data, seed), build_methods(r),
-                                 r.train, data.train, teacher=frozen, resume=resume, log=_tagged(log, name, seed))
+            student = train_student(r, data, build_arch(r.student, data, seed), build_methods(r), frozen,
+                                    resume=resume, log=_tagged(log, name, seed))
         except DistillError as e:
             rows[name].status = f"failed: {_line(e)}"
             log(f"warning: {name} failed (seed {seed}): {_line(e)}")

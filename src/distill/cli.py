@@ -1,4 +1,4 @@
-"""``distill run|teacher|eval|inspect|bench|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
+"""``distill run|teacher|eval|inspect|bench|cache|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=1, help="number of seeds, from the recipe's seed up")
     b.add_argument("--method-args", help="YAML file: method name -> keyword arguments (e.g. layer paths)")
     b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
+    c = sub.add_parser("cache", help="build or verify the teacher-output cache")
+    csub = c.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    cb = csub.add_parser("build", help="run the teacher once over the training data and store its top-k logits")
+    cb.add_argument("recipe")
+    cb.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cache.k=5 cache.path=/data/cache")
+    cv = csub.add_parser("verify", help="check a cache's shards (sizes, sha256) and, with --recipe, its fingerprint")
+    cv.add_argument("path")
+    cv.add_argument("--recipe", help="also check that the cache matches this recipe's teacher, data and settings")
+    cv.add_argument("overrides", nargs="*")
     return p
 
 
@@ -82,9 +91,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(commands.inspect(args.model, args.overrides, role=args.role, input_shape=args.input_shape,
                                num_classes=args.num_classes))
         return 0
+    if args.command == "cache" and args.cache_command == "verify":
+        print(commands.verify_cache(args.path, args.recipe, args.overrides))
+        return 0
     from distill.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "cache":
+        print(commands.build_cache(recipe))
+        return 0
     if args.command == "run":
         from distill.run import run
 

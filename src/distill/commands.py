@@ -111,3 +111,44 @@ def _shape(text: str) -> tuple[int, ...]:
 def _summary(model: nn.Module, shape: tuple[int, ...]) -> str:
     params = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__}: {params:,} parameters, input (B, {', '.join(map(str, shape))})"
+
+
+def build_cache(recipe: Recipe) -> str:
+    """``distill cache build``: (re)build the recipe's teacher cache; returns its one-line summary."""
+    from distill.cache import obtain_cache, summary
+    from distill.run import obtain_teacher
+
+    if recipe.teacher is None:
+        raise DistillError("the recipe has no 'teacher' section: there is nothing to cache")
+    data = load_data(recipe)
+    teacher = obtain_teacher(recipe, data, resume=True, log=print)
+    frozen = frozen_teacher(teacher.model, recipe.teacher, data)
+    check_classes(data, teacher=frozen)
+    from distill.build import build_augment, build_methods
+
+    cache = obtain_cache(recipe, data, frozen, build_methods(recipe), augment=build_augment(recipe), rebuild=True)
+    return summary(cache)
+
+
+def verify_cache(path: str, recipe_path: str | None, overrides: list[str]) -> str:
+    """``distill cache verify``: shard sizes and checksums, plus the fingerprint when a recipe is given."""
+    from distill.cache import open_cache, summary
+
+    if not Path(path).is_dir():
+        raise DistillError(f"teacher cache {path}: no such directory")
+    if recipe_path is None:
+        if overrides:
+            raise DistillError("overrides need --recipe")
+        return summary(open_cache(Path(path)))
+    from distill.build import build_methods
+    from distill.cache.plan import fingerprint_for
+    from distill.recipe import load_recipe
+    from distill.run import obtain_teacher
+
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.teacher is None:
+        raise DistillError("the recipe has no 'teacher' section")
+    data = load_data(recipe)
+    teacher = obtain_teacher(recipe, data, resume=True, log=lambda _: None)
+    frozen = frozen_teacher(teacher.model, recipe.teacher, data)
+    return summary(open_cache(Path(path), fingerprint_for(recipe, frozen, data, build_methods(recipe))))

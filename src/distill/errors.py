@@ -13,3 +13,11 @@ class DistillError(Exception):
 
 class NonFiniteLossError(DistillError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+class StaleCacheError(DistillError):
+    """A teacher cache whose fingerprint differs from the run's; ``diff`` names the keys that differ."""
+
+    def __init__(self, message: str, diff: str) -> None:
+        super().__init__(message)
+        self.diff = diff

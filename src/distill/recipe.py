@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.errors import DistillError
 from distill.registry import closest
@@ -77,6 +77,9 @@ class TrainSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     grad_clip: float | None = Field(None, gt=0)
     log_every: int = Field(20, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (with a GradScaler) needs CUDA
+    channels_last: bool = False  # NHWC layout for 2-D conv nets
+    compile: bool = False  # torch.compile the student's forward pass
 
 
 class AugmentSpec(_Strict):
@@ -106,6 +109,33 @@ class MethodSpec(_Open):
     weight: float = 1.0
 
 
+class CacheSpec(_Strict):
+    """The teacher-output cache (see distill.cache.plan); ``cache: auto`` is short for ``{mode: auto}``."""
+
+    mode: Literal["auto", "off", "required"] = "auto"
+    path: str | None = None  # default <output_dir>/cache
+    k: int | Literal["all"] = 10  # top-k logits stored per sample and view (all: dense)
+    views: int | None = Field(None, ge=1)  # augmented views stored per sample (needed with data.augment)
+    dtype: Literal["fp16", "fp32"] = "fp16"
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, k: int | str) -> int | str:
+        if k != "all" and int(k) < 1:
+            raise ValueError("must be >= 1 or 'all'")
+        return k
+
+
+def _cache_shorthand(value: Any) -> Any:
+    """``cache: auto`` means ``cache: {mode: auto}``; YAML 1.1 reads a bare ``off`` as False, so take it back."""
+    words = {False: "off", True: "auto"}
+    if isinstance(value, (str, bool)):
+        return {"mode": words.get(value, value)}
+    if isinstance(value, dict) and isinstance(value.get("mode"), bool):
+        return {**value, "mode": words[value["mode"]]}
+    return value
+
+
 class EvalSpec(_Strict):
     latency: bool = True
 
@@ -121,6 +151,7 @@ class Recipe(_Strict):
     student: ModelSpec
     methods: list[MethodSpec] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
+    cache: CacheSpec = CacheSpec()
     eval: EvalSpec = EvalSpec()
 
     @model_validator(mode="before")
@@ -132,6 +163,8 @@ class Recipe(_Strict):
                 raise ValueError("give either 'method' or 'methods', not both")
             raw = dict(raw)
             raw["methods"] = [raw.pop("method")]
+        if isinstance(raw, dict) and "cache" in raw:
+            raw = {**raw, "cache": _cache_shorthand(raw["cache"])}
         return raw
 
     @property

@@ -21,6 +21,7 @@ from distill.build import (
     load_data,
     load_model_weights,
 )
+from distill.cache import prepare_cache
 from distill.data import ArrayDataset, BatchLoader, DataSplits
 from distill.engine import FitJob, fit
 from distill.evaluate import model_metrics, predict, topk_accuracy
@@ -60,8 +61,8 @@ def run(recipe: Recipe, *, resume: bool = False, log: Log = print) -> Path:
                                         epoch_size=len(data.train))
         notes.append(f"scratch student: trained on the {len(data.labelled_train())} labelled samples only, "
                      f"for the same number of optimizer steps as the distilled student")
-    trained["student"] = train_role("student", recipe, data, student_model, methods, recipe.train, data.train,
-                                    teacher=frozen, resume=resume, log=log)
+    trained["student"] = train_student(recipe, data, student_model, methods, frozen, resume=resume, log=log,
+                                       notes=notes)
     return _report(recipe, data, trained, frozen, notes, log)
 
 
@@ -84,9 +85,23 @@ def obtain_teacher(recipe: Recipe, data: DataSplits, *, resume: bool, log: Log) 
                       full.train, resume=resume, log=log)
 
 
+def train_student(recipe: Recipe, data: DataSplits, model: nn.Module, methods: MethodSet,
+                  teacher: nn.Module | None, *, resume: bool = False, log: Log = print,
+                  notes: list[str] | None = None) -> Trained:
+    """The distilled student, from the teacher cache when its methods allow it (see ``distill.cache.plan``)."""
+    cache = prepare_cache(recipe, data, teacher, methods, augment=build_augment(recipe), log=log)
+    if notes is not None and cache is not None:
+        notes.append(f"teacher outputs read from the cache {cache.path} (top-{cache.k} of {cache.num_classes} "
+                     f"logits, {cache.views} view(s)); the teacher ran once, not every epoch")
+    views = cache.views if cache is not None else recipe.cache.views
+    return train_role("student", recipe, data, model, methods, recipe.train, data.train, teacher=teacher,
+                      cache=cache, resume=resume, log=log, views=views)
+
+
 def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, methods: MethodSet,
-               train: TrainSpec, ds: ArrayDataset, *, teacher: nn.Module | None = None, resume: bool = False,
-               log: Log = print, epoch_size: int | None = None, views: int | None = None) -> Trained:
+               train: TrainSpec, ds: ArrayDataset, *, teacher: nn.Module | None = None, cache: Any = None,
+               resume: bool = False, log: Log = print, epoch_size: int | None = None,
+               views: int | None = None) -> Trained:
     """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
 
     Training batches carry the recipe's ``data.augment`` (``views``: cycle through that many augmented views
@@ -102,7 +117,7 @@ def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, me
     loader = BatchLoader(ds, recipe.data.batch_size, shuffle=True, seed=recipe.seed, epoch_size=epoch_size,
                          augment=build_augment(recipe), views=views)
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=recipe.seed,
-                 fingerprint=fp, teacher=teacher, evaluate=_epoch_eval(data, recipe.data.eval_batch_size),
+                 fingerprint=fp, teacher=teacher, cache=cache, evaluate=_epoch_eval(data, recipe.data.eval_batch_size),
                  resume=resume, device=recipe.device, desc=role, log=log, num_classes=data.num_classes)
     history = fit(job)
     weights = out / "model.safetensors"

@@ -43,11 +43,38 @@ class Batch:
 
 
 @dataclass
+class TopKLogits:
+    """A teacher's logits as stored by the teacher cache: the k largest and the log-sum-exp of all of them.
+
+    values:  (B, k) fp32 logits of the top-k classes (at T=1), largest first.
+    indices: (B, k) long class indices of ``values``.
+    lse:     {T: (B,) fp32} ``logsumexp(logits / T)`` over all C classes, for every temperature the
+             cache was built for; it fixes the exact probability mass of the classes outside the top k.
+    num_classes: C. When k == C the logits are complete (``dense``).
+    """
+
+    values: Tensor
+    indices: Tensor
+    lse: dict[float, Tensor]
+    num_classes: int
+
+    @property
+    def dense(self) -> bool:
+        """True when every class is stored (``k: all``)."""
+        return self.values.shape[1] == self.num_classes
+
+
+@dataclass
 class ModelOutput:
-    """What a model produced on a batch: logits (B, C) and the tapped features by path."""
+    """What a model produced on a batch: logits (B, C) and the tapped features by path.
+
+    ``topk`` is set when the outputs come from the teacher cache; with k < C, ``logits`` then spreads the
+    tail's mass evenly over the missing classes and only methods with ``sparse_teacher`` may use it.
+    """
 
     logits: Tensor
     feats: dict[str, Tensor] = field(default_factory=dict)
+    topk: TopKLogits | None = None
 
 
 @dataclass

@@ -7,9 +7,8 @@ those outputs itself, and backprops the summed loss.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from tqdm.auto import tqdm
 
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog
+from distill.engine.meter import Meter
 from distill.engine.optim import build_optimizer, build_scheduler
-from distill.errors import NonFiniteLossError
+from distill.errors import DistillError
 from distill.methods.base import MethodSet
 from distill.models import as_logits
 from distill.recipe import TrainSpec
@@ -43,6 +43,7 @@ class FitJob:
     seed: int
     fingerprint: str
     teacher: nn.Module | None = None  # a FrozenTeacher, when the methods need one
+    cache: Any = None  # a distill.cache.TeacherCache: teacher outputs read instead of computed
     evaluate: EvalFn | None = None
     resume: bool = False
     device: str = "cpu"
@@ -63,8 +64,11 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre)
     start = _start(job, opt, sched)
     logger = EpochLog(job.out_dir)
+    if job.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    step = _Step(job)
     for epoch in range(start, pre + job.train.epochs):
-        stats = _train_epoch(job, opt, sched, params, epoch)
+        stats = _train_epoch(job, opt, sched, params, epoch, step)
         if job.evaluate is not None:
             stats.update(job.evaluate(model))
         job.history.append(stats)
@@ -124,8 +128,35 @@ def _start(job: FitJob, opt: torch.optim.Optimizer, sched: Any) -> int:
     return 0
 
 
+class _Step:
+    """What stays fixed across an epoch's steps: the forward callable, autocast, grad scaler, layout."""
+
+    def __init__(self, job: FitJob) -> None:
+        spec, dev = job.train, torch.device(job.device).type
+        if spec.precision == "fp16" and dev != "cuda":
+            raise DistillError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
+        self.dev = dev
+        self.scaler = torch.amp.GradScaler(dev, enabled=spec.precision == "fp16")
+        self.channels_last = spec.channels_last
+        self.model = job.model
+        if spec.compile:  # compile a view for the forward pass; job.model (what is saved) is unchanged
+            self.model = torch.compile(job.model)
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.dev, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def batch(self, batch: Batch, device: str) -> Batch:
+        if self.dev == "cuda":
+            batch.input = batch.input.pin_memory()
+        batch = batch.to(device)
+        if self.channels_last and batch.input.ndim == 4:
+            batch.input = batch.input.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
 def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: list[nn.Parameter],
-                 epoch: int) -> dict[str, Any]:
+                 epoch: int, step: _Step) -> dict[str, Any]:
     job.model.train()
     job.methods.train()
     job.loader.set_epoch(epoch)  # the global epoch: data order never repeats across stages
@@ -133,27 +164,31 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     pre = job.methods.pretrain_epochs
     stage, stage_epoch, stage_epochs = ("pretrain", epoch, pre) if epoch < pre else \
         ("main", epoch - pre, job.train.epochs)
-    meter = _Meter(job, epoch, n_steps)
+    meter = Meter(job.desc, job.out_dir, epoch, n_steps)
     with ExitStack() as stack:
         s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
         t_taps = None
-        if job.teacher is not None and job.methods.teacher_taps:
+        if job.cache is None and job.teacher is not None and job.methods.teacher_taps:
             t_taps = stack.enter_context(FeatureTaps(getattr(job.teacher, "model", job.teacher),
                                                          job.methods.teacher_taps))
         bar = stack.enter_context(tqdm(total=n_steps, desc=f"{job.desc} {stage} {stage_epoch + 1}/{stage_epochs}",
                                        leave=False, disable=None, dynamic_ncols=True))
         for i, batch in enumerate(job.loader):
-            batch = batch.to(job.device)
+            batch = step.batch(batch, job.device)
             ctx = StepContext(epoch=stage_epoch, step=stage_epoch * n_steps + i, epochs=stage_epochs,
                               steps_per_epoch=n_steps, stage=stage)
-            s_out = _forward(job.model, batch, s_taps)
-            t_out = _forward(job.teacher, batch, t_taps) if job.methods.needs_teacher else None
-            out = job.methods(s_out, t_out, batch, ctx)
+            with step.autocast():
+                s_out = _forward(step.model, batch, s_taps)
+                t_out = _teacher_outputs(job, batch, t_taps)
+            # the losses run in fp32 (outside autocast): tempered log-softmax is precision-sensitive
+            out = job.methods(_fp32(s_out), _fp32(t_out), batch, ctx)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            step.scaler.scale(out.loss).backward()
             if job.train.grad_clip:
+                step.scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(params, job.train.grad_clip)
-            opt.step()
+            step.scaler.step(opt)
+            step.scaler.update()
             sched.step()
             meter.add(out.loss, out.terms, len(batch.target))
             bar.update(1)
@@ -165,6 +200,21 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     return stats
 
 
+def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> ModelOutput | None:
+    if not job.methods.needs_teacher:
+        return None
+    if job.cache is not None:
+        return job.cache.lookup(batch.index, batch.view)
+    return _forward(job.teacher, batch, taps)
+
+
+def _fp32(out: ModelOutput | None) -> ModelOutput | None:
+    if out is None or out.logits.dtype == torch.float32:
+        return out
+    feats = {k: v.float() if v.is_floating_point() else v for k, v in out.feats.items()}
+    return ModelOutput(out.logits.float(), feats, out.topk)
+
+
 def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None) -> ModelOutput:
     assert model is not None, "the methods need a teacher but none was given"
     logits = as_logits(model(batch.input))
@@ -173,54 +223,6 @@ def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None) ->
     feats = dict(taps.feats)
     taps.clear()
     return ModelOutput(logits, feats)
-
-
-class _Meter:
-    """Running loss terms without a host sync per step: detached values are stacked and checked for
-    non-finite values every ``log_every`` steps (and at the end of the epoch)."""
-
-    def __init__(self, job: FitJob, epoch: int, n_steps: int) -> None:
-        self.job, self.epoch, self.n_steps = job, epoch, n_steps
-        self.window: list[tuple[Tensor, dict[str, Tensor]]] = []
-        self.sums: dict[str, float] = {}
-        self.steps = 0
-        self.samples = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, loss: Tensor, terms: dict[str, Tensor], n: int) -> None:
-        self.window.append((loss.detach(), {k: v.detach() for k, v in terms.items()}))
-        self.samples += n
-
-    def flush(self) -> str:
-        if self.window:
-            losses = torch.stack([w[0].float() for w in self.window])  # (W,)
-            bad = (~torch.isfinite(losses)).nonzero()
-            if len(bad):
-                self._fail(self.steps + int(bad[0]), self.window[int(bad[0])][1])
-            self.sums["loss"] = self.sums.get("loss", 0.0) + float(losses.sum())
-            for key in self.window[0][1]:
-                vals = torch.stack([w[1][key].float() for w in self.window])
-                self.sums[key] = self.sums.get(key, 0.0) + float(vals.sum())
-            self.steps += len(self.window)
-            self.window = []
-        rate = self.samples / max(1e-9, time.perf_counter() - self.t0)
-        return " ".join(f"{k} {v / max(1, self.steps):.4f}" for k, v in self.sums.items()) + f" {rate:.0f}/s"
-
-    def _fail(self, step_in_epoch: int, terms: dict[str, Tensor]) -> None:
-        ckpt = find_checkpoint(self.job.out_dir)
-        kept = f"kept the last good checkpoint {ckpt}" if ckpt else "no checkpoint was written yet"
-        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-        raise NonFiniteLossError(
-            f"{self.job.desc}: non-finite loss at epoch {self.epoch + 1}, step {step_in_epoch + 1} "
-            f"(global step {self.epoch * self.n_steps + step_in_epoch + 1}; {shown}); training stopped, {kept}. "
-            "Lower the learning rate or set train.grad_clip.")
-
-    def summary(self, lr: float) -> dict[str, Any]:
-        seconds = time.perf_counter() - self.t0
-        out: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
-        out.update({k: v / max(1, self.steps) for k, v in self.sums.items()})
-        out.update({"seconds": round(seconds, 3), "samples_per_s": round(self.samples / max(seconds, 1e-9), 1)})
-        return out
 
 
 def _describe(desc: str, stats: dict[str, Any]) -> str:

@@ -33,17 +33,25 @@ class Method(nn.Module):
         """Warnings about this method's setting for a sample of teacher logits (B, C); default none."""
         return []
 
+    def accepts_topk(self) -> bool:
+        """True when the loss is exact on cached top-k teacher logits plus their tail (``ModelOutput.topk``)
+        with k < C; methods that need every teacher logit keep the default (they get a dense cache only)."""
+        return False
+
+    def cache_temperatures(self) -> tuple[float, ...]:
+        """Temperatures whose log-sum-exp the teacher cache must store for this method (see TopKLogits)."""
+        return ()
+
 
 def labelled_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy over the labelled samples of a batch; unlabelled (-1) samples are skipped.
 
     logits: (B, C); target: (B,) with -1 for transfer-set samples. A batch with no label gives a zero that
-    still belongs to the graph, so the caller need not special-case it.
+    still belongs to the graph, so the caller need not special-case it. No host sync and no boolean
+    indexing: the sum over labelled samples is divided by their count on the device.
     """
-    mask = target >= 0  # (B,)
-    if not bool(mask.any()):
-        return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits[mask], target[mask])
+    total = nn.functional.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum")
+    return total / (target >= 0).sum().clamp(min=1)
 
 
 class MethodSet(nn.Module):
@@ -65,7 +73,18 @@ class MethodSet(nn.Module):
 
     @property
     def live_teacher(self) -> bool:
-        return any(m.needs.live_teacher for m in self.methods)
+        """True when some method needs the teacher itself (its features), not just its logits."""
+        return any(m.needs.live_teacher or m.needs.teacher_taps for m in self.methods)
+
+    def without_topk(self, num_classes: int, k: int) -> list[str]:
+        """Names of the teacher-using methods that cannot train on a top-k cache (k < num_classes)."""
+        if k >= num_classes:
+            return []
+        return [type(m).__name__.lower() for m in self.methods if m.needs.teacher and not m.accepts_topk()]
+
+    def cache_temperatures(self) -> list[float]:
+        """T=1 plus every temperature a method asks the cache to store."""
+        return sorted({1.0, *(float(t) for m in self.methods for t in m.cache_temperatures())})
 
     @property
     def student_taps(self) -> list[str]:

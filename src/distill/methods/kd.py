@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.methods.base import METHODS, Method, labelled_cross_entropy
-from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext
+from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext, TopKLogits
 
 
 def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
@@ -30,6 +30,24 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     log_p_s = F.log_softmax(student_logits.float() / T, dim=-1)  # (B, C)
     log_p_t = F.log_softmax(teacher_logits.float() / T, dim=-1)  # (B, C)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # (B,)
+    return kl.mean() * T * T
+
+
+def kd_loss_topk(student_logits: Tensor, topk: TopKLogits, T: float) -> Tensor:
+    """KD against a cached top-k teacher: the KL over the k stored classes plus one bin for all the others.
+
+    The teacher's probabilities at T are exact on the stored classes, ``exp(v / T - lse_T)``, and the bin
+    holds the rest of its mass, ``1 - sum``; the student's bin is the log-sum-exp of its own log-probs
+    outside the top k. With k == C the bin is empty and this is ``kd_loss``. student_logits: (B, C).
+    """
+    log_p_s = F.log_softmax(student_logits.float() / T, dim=-1)  # (B, C)
+    log_q_top = topk.values.float() / T - topk.lse[float(T)][:, None]  # (B, k)
+    q_top = log_q_top.exp()
+    kl = (q_top * (log_q_top - log_p_s.gather(1, topk.indices))).sum(dim=-1)  # (B,)
+    if not topk.dense:
+        q_tail = (1.0 - q_top.sum(dim=-1)).clamp(min=0.0)  # (B,)
+        log_p_tail = log_p_s.scatter(1, topk.indices, float("-inf")).logsumexp(dim=-1)  # (B,)
+        kl = kl + torch.xlogy(q_tail, q_tail) - q_tail * log_p_tail
     return kl.mean() * T * T
 
 
@@ -54,8 +72,18 @@ class KD(Method):
         if self.standardize:
             s_logits, t_logits = standardize_logits(s_logits), standardize_logits(t_logits)
         ce = self.alpha * labelled_cross_entropy(s.logits, batch.target)
-        kd = self.beta * kd_loss(s_logits, t_logits, self.T)
+        if t.topk is not None and not t.topk.dense and not self.standardize:
+            kd = self.beta * kd_loss_topk(s.logits, t.topk, self.T)  # cached top-k teacher
+        else:
+            kd = self.beta * kd_loss(s_logits, t_logits, self.T)
         return LossOutput(ce + kd, {"ce": ce, "kd": kd})
+
+    def accepts_topk(self) -> bool:
+        """Plain KD is exact on top-k + tail; standardisation needs every logit's mean and std."""
+        return not self.standardize
+
+    def cache_temperatures(self) -> tuple[float, ...]:
+        return (float(self.T),)
 
     def diagnose(self, teacher_logits: Tensor) -> list[str]:
         """Warn when the teacher's soft targets at this T are nearly one-hot (they then carry little

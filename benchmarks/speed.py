@@ -1,0 +1,172 @@
+"""Epoch cost of distillation with the teacher cache, with the live teacher, and of a hand-written loop.
+
+For each teacher/student pair, rounds of one epoch each are interleaved (plain student epoch through the
+engine, KD epoch from the cache, KD epoch with the live teacher, the same plain epoch as a minimal hand-written
+PyTorch loop), so machine noise hits all four alike; each figure is the median over the rounds after a
+warm-up round, and every ratio is formed from medians of the same run. Also measures cache size and build
+time for several k. Writes the tables into docs/BENCHMARKS.md between the ``speed`` markers.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from distill.build import build_arch, build_methods, frozen_teacher, load_data, load_model_weights
+from distill.cache import build_cache, open_cache
+from distill.cache.plan import fingerprint_for
+from distill.data import BatchLoader
+from distill.engine import FitJob, fit
+from distill.methods import MethodSet
+from distill.methods.ce import CE
+from distill.recipe import recipe_from_dict
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docs_section import replace_section  # noqa: E402
+
+TEACHER = {"name": "external", "target": "ccexam.models:MNISTNet", "kwargs": {"input_size": 28},
+           "weights": "pkg:ccexam/weights/mnist.pth", "normalize": {"mean": [0.1307], "std": [0.3081]}}
+PAIRS = {"ccexam -> cnn[16,32]": {"name": "cnn", "channels": [16, 32], "hidden": 64},
+         "ccexam -> cnn[8,16]": {"name": "cnn", "channels": [8, 16], "hidden": 32}}
+
+
+def recipe_for(student: dict, out: Path, samples: int, k: int | str = "all"):
+    return recipe_from_dict({
+        "name": "speed", "output_dir": str(out), "data": {"name": "mnist", "limit_train": samples, "batch_size": 128},
+        "teacher": TEACHER, "student": student, "method": {"name": "kd", "T": 4, "alpha": 0.1, "beta": 0.9},
+        "train": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.01}, "schedule": {"name": "constant"},
+                  "log_every": 50},
+        "cache": {"k": k}, "eval": {"latency": False}})
+
+
+def flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Forward FLOPs for one sample (torch's counter: 2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x[:1])
+    return int(counter.get_total_flops())
+
+
+def engine_epoch(recipe, data, model, methods: MethodSet, out: Path, *, teacher=None, cache=None) -> float:
+    job = FitJob(model=model, methods=methods, loader=BatchLoader(data.train, 128, shuffle=True, seed=0),
+                 train=recipe.train, out_dir=out, seed=0, fingerprint="speed", teacher=teacher, cache=cache,
+                 num_classes=data.num_classes, log=lambda _: None)
+    return fit(job)[-1]["seconds"]
+
+
+def handwritten_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+    """The loop a user would write by hand: shuffle, slice, forward, CE, backward, SGD step."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(epoch)
+    t0 = time.perf_counter()
+    model.train()
+    perm = torch.randperm(len(x), generator=g)
+    for b in range(0, len(x), 128):
+        idx = perm[b: b + 128]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def measure_pair(label: str, student: dict, samples: int, rounds: int, tmp: Path) -> dict:
+    recipe = recipe_for(student, tmp / label.replace(" ", ""), samples)
+    data = load_data(recipe)
+    t_model = build_arch(recipe.teacher, data, 0)
+    load_model_weights(t_model, recipe.teacher.weights, "teacher")
+    teacher = frozen_teacher(t_model, recipe.teacher, data)
+    methods = build_methods(recipe)
+    fp = fingerprint_for(recipe, teacher, data, methods)
+    cache = build_cache(tmp / "cache", teacher=teacher, inputs=data.train.x, fingerprint=fp, log=lambda _: None)
+    x, y = data.train.x, data.train.y
+    times: dict[str, list[float]] = {"plain": [], "cached": [], "live": [], "hand": []}
+    for r in range(rounds + 1):  # round 0 warms up allocators and caches, and is dropped
+        runs = {
+            "plain": lambda: engine_epoch(recipe, data, build_arch(recipe.student, data, 0), MethodSet([CE()]),
+                                          tmp / "plain"),
+            "cached": lambda: engine_epoch(recipe, data, build_arch(recipe.student, data, 0), build_methods(recipe),
+                                           tmp / "cached", cache=open_cache(cache.path, fp)),
+            "live": lambda: engine_epoch(recipe, data, build_arch(recipe.student, data, 0), build_methods(recipe),
+                                         tmp / "live", teacher=teacher),
+            "hand": lambda r=r: handwritten_epoch(build_arch(recipe.student, data, 0), x, y, r),
+        }
+        for name, fn in runs.items():
+            seconds = fn()
+            if r:
+                times[name].append(seconds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    s_model = build_arch(recipe.student, data, 0)
+    return {"pair": label, "samples": len(x), "rounds": rounds, **{f"{k}_s": v for k, v in med.items()},
+            "flops_ratio": flops(t_model, teacher.renormalise(x[:1])) / flops(s_model, x[:1]),
+            "cached_over_plain": med["cached"] / med["plain"], "live_over_plain": med["live"] / med["plain"],
+            "plain_over_hand": med["plain"] / med["hand"]}
+
+
+def cache_sizes(samples: int, tmp: Path) -> list[dict]:
+    rows = []
+    for k in (1, 5, 10, "all"):
+        recipe = recipe_for(PAIRS["ccexam -> cnn[16,32]"], tmp / f"k{k}", samples, k=k)
+        data = load_data(recipe)
+        t_model = build_arch(recipe.teacher, data, 0)
+        load_model_weights(t_model, recipe.teacher.weights, "teacher")
+        teacher = frozen_teacher(t_model, recipe.teacher, data)
+        fp = fingerprint_for(recipe, teacher, data, build_methods(recipe))
+        cache = build_cache(tmp / f"cache-k{k}", teacher=teacher, inputs=data.train.x, fingerprint=fp,
+                            log=lambda _: None)
+        m = cache.manifest
+        rows.append({"k": k, "bytes": m["bytes_per_sample_view"], "build_s": m["build_seconds"],
+                     "total_mb": sum(f["bytes"] for f in m["files"].values()) / 1e6})
+    return rows
+
+
+def markdown(pairs: list[dict], sizes: list[dict], command: str) -> str:
+    lines = ["Command (one run; every ratio is formed from medians of interleaved rounds of that run):", "",
+             f"    {command}", "",
+             "| pair | teacher/student FLOPs | plain epoch (s) | KD cached (s) | KD live (s) | hand-written (s) "
+             "| cached / plain | live / plain | plain / hand-written |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in pairs:
+        lines.append(f"| {p['pair']} ({p['samples']} MNIST images, batch 128, median of {p['rounds']}) "
+                     f"| {p['flops_ratio']:.1f}x | {p['plain_s']:.2f} | {p['cached_s']:.2f} | {p['live_s']:.2f} "
+                     f"| {p['hand_s']:.2f} | **{p['cached_over_plain']:.3f}** | {p['live_over_plain']:.2f} "
+                     f"| **{p['plain_over_hand']:.3f}** |")
+    lines += ["", "Cache size and build time (ccexam MNIST teacher, 10 classes, fp16 values, temperatures 1 and 4; "
+              "k=10 and k=all store the same 10 classes):", "",
+              "| k | bytes per sample per view | cache size (MB) | build time (s) |", "|---|---:|---:|---:|"]
+    for s in sizes:
+        lines.append(f"| {s['k']} | {s['bytes']} | {s['total_mb']:.2f} | {s['build_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=6, help="measured rounds per pair (after one warm-up round)")
+    ap.add_argument("--samples", type=int, default=10000, help="MNIST training images per epoch")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        pairs = [measure_pair(label, student, args.samples, args.rounds, tmp / f"p{i}")
+                 for i, (label, student) in enumerate(PAIRS.items())]
+        sizes = cache_sizes(args.samples, tmp / "sizes")
+    command = f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --rounds {args.rounds} --samples {args.samples}"
+    text = markdown(pairs, sizes, command)
+    print(text)
+    if not args.no_write:
+        replace_section(Path(__file__).parents[1] / "docs" / "BENCHMARKS.md", "speed", text)
+
+
+if __name__ == "__main__":
+    main()

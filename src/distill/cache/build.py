@@ -1,0 +1,143 @@
+"""Building and opening the teacher-output cache, and the fingerprint that keeps it honest.
+
+The fingerprint names everything the stored logits depend on: the teacher's weights (sha256 over its state
+dict), its architecture and input normalisation, the training inputs (sha256 of the normalised tensor), the
+augmentation spec and seed, the number of views, k, dtype and the temperatures. Opening a cache whose
+fingerprint differs from the run's is refused with the differing keys named: a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from distill.cache.store import TeacherCache, describe_difference, read_manifest, shard_name, verify_files, write_cache
+from distill.errors import DistillError, StaleCacheError
+
+MAX_SHARD_ROWS = 1 << 20
+
+
+def hash_tensors(tensors: dict[str, Tensor]) -> str:
+    """sha256 over named tensors (name, dtype, shape and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], inputs: Tensor,
+                      augment: dict[str, Any] | None, views: int, k: int, dtype: str,
+                      temperatures: list[float]) -> dict[str, Any]:
+    """Everything the cached values depend on, as a flat JSON-able dict (compared key by key)."""
+    state = {k_: v for k_, v in teacher.state_dict().items()}
+    return {
+        "teacher_weights": hash_tensors(state),
+        "teacher_spec": teacher_spec,
+        "dataset": hash_tensors({"x": inputs}),
+        "num_samples": int(inputs.shape[0]),
+        "transforms": augment,
+        "views": views,
+        "k": k,
+        "dtype": dtype,
+        "temperatures": sorted(float(t) for t in temperatures),
+    }
+
+
+@torch.no_grad()
+def _teacher_rows(teacher: nn.Module, x: Tensor, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long."""
+    logits = teacher(x).float()  # (B, C)
+    values, indices = logits.topk(k, dim=1)  # sorted, largest first
+    lse = torch.stack([torch.logsumexp(logits / t, dim=1) for t in temps], dim=1)  # (B, n_T)
+    return values, indices, lse
+
+
+def build_cache(path: Path, *, teacher: nn.Module, inputs: Tensor, fingerprint: dict[str, Any],
+                augment: Any = None, batch_size: int = 1000, device: str = "cpu",
+                log: Any = print) -> TeacherCache:
+    """Run ``teacher`` once over ``inputs`` (N, ...) for every view, store top-k logits, open the result.
+
+    ``augment(x, index, view)`` (a ``distill.data.augment.Augment``) makes view ``v``'s inputs; without it
+    there is one view. The teacher should already be in eval mode (a FrozenTeacher is).
+    """
+    fp = fingerprint
+    n, views, k, temps = int(inputs.shape[0]), int(fp["views"]), int(fp["k"]), list(fp["temperatures"])
+    val_dtype = np.float16 if fp["dtype"] == "fp16" else np.float32
+    classes = _num_classes(teacher, inputs[:1].to(device))
+    if k > classes:
+        raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
+    idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
+    t0 = time.perf_counter()
+    arrays: dict[str, np.ndarray] = {}
+    shards = []
+    for v in range(views):
+        for s, start in enumerate(range(0, n, MAX_SHARD_ROWS)):
+            stop = min(n, start + MAX_SHARD_ROWS)
+            out = {"values": np.empty((stop - start, k), val_dtype), "indices": np.empty((stop - start, k), idx_dtype),
+                   "lse": np.empty((stop - start, len(temps)), np.float32)}
+            for b in range(start, stop, batch_size):
+                index = torch.arange(b, min(stop, b + batch_size))  # (B,)
+                x = inputs[index]
+                if augment is not None:
+                    x = augment(x, index, v)
+                rows = _teacher_rows(teacher, x.to(device), k, temps)
+                for f, t in zip(("values", "indices", "lse"), rows):
+                    out[f][b - start: b - start + len(index)] = t.cpu().numpy()
+            arrays.update({shard_name(v, s, f): a for f, a in out.items()})
+            shards.append({"view": v, "shard": s, "start": start, "stop": stop})
+    seconds = time.perf_counter() - t0
+    manifest = {"fingerprint": fp, "num_classes": classes, "k": k, "views": views, "temperatures": temps,
+                "build_seconds": round(seconds, 3),
+                "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps))}
+    write_cache(path, shards, arrays, manifest)
+    log(f"cache: built {path} ({n} samples x {views} view(s), k={k}, {fp['dtype']}) in {seconds:.1f}s")
+    return open_cache(path, fp)
+
+
+def _num_classes(teacher: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(teacher(x).shape[1])
+
+
+def _row_bytes(k: int, val_dtype: Any, idx_dtype: Any, n_temps: int) -> int:
+    return k * (np.dtype(val_dtype).itemsize + np.dtype(idx_dtype).itemsize) + 4 * n_temps
+
+
+def fingerprint_matches(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Equal on every key, except that a cache storing more temperatures than a run needs still serves it."""
+    def rest(fp: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fp.items() if k != "temperatures"}
+
+    return rest(stored) == rest(wanted) and set(wanted.get("temperatures", [])) <= set(stored.get("temperatures", []))
+
+
+def open_cache(path: Path, fingerprint: dict[str, Any] | None = None) -> TeacherCache:
+    """Open a cache after checking every shard (size and sha256) and, when given, the fingerprint."""
+    manifest = read_manifest(path)
+    stored = manifest.get("fingerprint") or {}
+    if fingerprint is not None and not fingerprint_matches(stored, fingerprint):
+        diff = describe_difference(stored, fingerprint)
+        raise StaleCacheError(f"teacher cache {path} is stale: {diff}. Rebuild it with `distill cache build`", diff)
+    verify_files(path, manifest)
+    return TeacherCache(path, manifest)
+
+
+def summary(cache: TeacherCache) -> str:
+    """One line about a verified cache, for `distill cache verify`."""
+    m = cache.manifest
+    fp = m["fingerprint"]
+    total = sum(info["bytes"] for info in m["files"].values())
+    return (f"teacher cache {cache.path}: OK - {fp['num_samples']} samples x {cache.views} view(s), "
+            f"{cache.num_classes} classes, k={cache.k} ({fp['dtype']}), temperatures "
+            f"{', '.join(f'{t:g}' for t in cache.temperatures)}; {m['bytes_per_sample_view']} bytes per sample "
+            f"per view, {total / 1e6:.2f} MB on disk, built in {m['build_seconds']:.1f}s; teacher "
+            f"{fp['teacher_weights'][:12]}, data {fp['dataset'][:12]}, transforms {json.dumps(fp['transforms'])}")

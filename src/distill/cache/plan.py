@@ -1,0 +1,109 @@
+"""When a run uses the teacher cache, and obtaining it (open, or build) for a recipe.
+
+``cache.mode``:
+- ``auto`` (default): use the cache when every teacher-using method needs only teacher logits (and, with
+  k < C, accepts top-k logits); build it when missing. A stale cache at the run's default location
+  (``<output_dir>/cache``) is rebuilt with a note naming what changed; at a ``cache.path`` you chose it is refused.
+- ``required``: as auto, but anything that prevents using the cache is an error, and so is a stale cache.
+- ``off``: always run the live teacher.
+A corrupt or truncated cache is always refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.cache.build import build_cache, cache_fingerprint, open_cache
+from distill.cache.store import TeacherCache
+from distill.data import DataSplits
+from distill.errors import DistillError, StaleCacheError
+from distill.methods.base import MethodSet
+from distill.recipe import Recipe
+
+Log = Callable[[str], None]
+
+
+def cache_path(recipe: Recipe) -> Path:
+    """Where the recipe's cache lives: ``cache.path``, else ``<output_dir>/cache``."""
+    return Path(recipe.cache.path) if recipe.cache.path else recipe.out / "cache"
+
+
+def effective_k(recipe: Recipe, num_classes: int) -> int:
+    """``cache.k`` as a number of classes (``all`` -> C; never more than C)."""
+    k = recipe.cache.k
+    return num_classes if k == "all" else min(int(k), num_classes)
+
+
+def cache_views(recipe: Recipe) -> int:
+    """Views stored per sample: 1 without augmentation, else ``cache.views`` (required then)."""
+    aug = recipe.data.augment
+    if aug is None or (aug.shift == 0 and not aug.flip):
+        return 1
+    if recipe.cache.views is None:
+        raise DistillError("cache.views: set how many augmented views per sample the cache stores "
+                           "(the data has random augmentation, data.augment)")
+    return recipe.cache.views
+
+
+def why_not_cached(recipe: Recipe, methods: MethodSet, num_classes: int) -> str | None:
+    """None when the run can train from the cache, else the reason it cannot (one phrase)."""
+    if recipe.cache.mode == "off":
+        return "cache.mode is off"
+    if recipe.teacher is None or not methods.needs_teacher:
+        return "no method needs the teacher"
+    if methods.live_teacher:
+        names = [type(m).__name__.lower() for m in methods.methods if m.needs.live_teacher or m.needs.teacher_taps]
+        return f"{', '.join(names)} need(s) the live teacher's features"
+    k = effective_k(recipe, num_classes)
+    if dense_only := methods.without_topk(num_classes, k):
+        return f"{', '.join(dense_only)} need(s) every teacher logit but cache.k={k} < {num_classes} classes"
+    if recipe.data.augment is not None and cache_views(recipe) < 1:
+        return "cache.views must be >= 1"
+    return None
+
+
+def fingerprint_for(recipe: Recipe, teacher: nn.Module, data: DataSplits, methods: MethodSet) -> dict[str, Any]:
+    """The cache fingerprint this recipe's run expects."""
+    # the weights' content is hashed below; where they were loaded from does not matter
+    spec = recipe.teacher.model_dump(mode="json", exclude={"train", "weights"}) if recipe.teacher else {}
+    aug = recipe.data.augment.model_dump(mode="json") if recipe.data.augment else None
+    return cache_fingerprint(teacher=teacher, teacher_spec=spec, inputs=data.train.x, augment=aug,
+                             views=cache_views(recipe), k=effective_k(recipe, data.num_classes),
+                             dtype=recipe.cache.dtype, temperatures=methods.cache_temperatures())
+
+
+def prepare_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module | None, methods: MethodSet, *,
+                  augment: Any = None, log: Log = print) -> TeacherCache | None:
+    """The opened cache this run trains from, or None for a live teacher (with a log line saying why)."""
+    reason = why_not_cached(recipe, methods, data.num_classes)
+    if reason is not None:
+        if recipe.cache.mode == "required":
+            raise DistillError(f"cache.mode is required but the teacher cache cannot be used: {reason}")
+        if recipe.cache.mode == "auto" and methods.needs_teacher:
+            log(f"cache: live teacher ({reason})")
+        return None
+    assert teacher is not None
+    return obtain_cache(recipe, data, teacher, methods, augment=augment, log=log)
+
+
+def obtain_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module, methods: MethodSet, *,
+                 augment: Any = None, rebuild: bool = False, log: Log = print) -> TeacherCache:
+    """Open the recipe's cache if it is current, else build it (see the module doc for stale caches)."""
+    path = cache_path(recipe)
+    fp = fingerprint_for(recipe, teacher, data, methods)
+    if not rebuild and (path / "manifest.json").is_file():
+        try:
+            cache = open_cache(path, fp)
+            log(f"cache: using {path} (k={cache.k}, {cache.views} view(s))")
+            return cache
+        except StaleCacheError as e:
+            if recipe.cache.path is not None or recipe.cache.mode != "auto":
+                raise  # a cache the user placed or requires is never replaced behind their back
+            log(f"cache: rebuilding {path}, it is stale: {e.diff}")
+    return build_cache(path, teacher=teacher, inputs=data.train.x, fingerprint=fp, augment=augment,
+                       batch_size=recipe.data.eval_batch_size, device=recipe.device, log=log)
+
