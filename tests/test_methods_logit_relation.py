@@ -131,6 +131,23 @@ def test_dkd_method_terms_use_teacher_top1_for_unlabelled_samples() -> None:
     assert out.loss.item() == pytest.approx(sum(v.item() for v in out.terms.values()), rel=1e-6)
 
 
+def test_dkd_standardize_uses_z_scored_logits_and_ignores_teacher_scale() -> None:
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    batch, ctx = _batch([0, 1, 2, 3]), StepContext(epoch=0, step=10**6, epochs=1, steps_per_epoch=1)
+    method = dkd_mod.DKD(T=2.0, standardize=True)
+    out = method(ModelOutput(s), ModelOutput(t), batch, ctx)
+
+    def z(v: np.ndarray) -> np.ndarray:  # row z-score with the sample std (ddof=1), as in the paper's code
+        return (v - v.mean(1, keepdims=True)) / v.std(1, ddof=1, keepdims=True)
+
+    exp_t, exp_n = _dkd_by_hand(z(s.double().numpy()), z(t.double().numpy()), np.arange(4), 2.0)
+    assert out.terms["tckd"].item() == pytest.approx(exp_t, rel=1e-4)
+    assert out.terms["nckd"].item() == pytest.approx(8.0 * exp_n, rel=1e-4)
+    scaled = method(ModelOutput(s), ModelOutput(30.0 * t + 7.0), batch, ctx)  # a teacher with huge logits
+    assert scaled.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- DIST
 
 

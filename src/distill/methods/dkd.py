@@ -24,6 +24,7 @@ from torch import Tensor
 
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method, labelled_cross_entropy
+from distill.methods.kd import standardize_logits
 from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext
 
 # mdistiller ramps over 20 of 240 epochs; shorter runs keep that proportion.
@@ -91,12 +92,12 @@ class DKD(Method):
     needs = Needs(teacher=True)
 
     def __init__(self, T: float = 4.0, alpha: float = 1.0, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
-                 warmup_epochs: int = 20) -> None:
+                 warmup_epochs: int = 20, standardize: bool = False) -> None:
         super().__init__()
         if T <= 0 or warmup_epochs < 0:
             raise DistillError("dkd: need T > 0 and warmup_epochs >= 0")
         self.T, self.alpha, self.dkd_alpha, self.dkd_beta = T, alpha, dkd_alpha, dkd_beta
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs, self.standardize = warmup_epochs, standardize
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "dkd needs teacher outputs"
@@ -104,7 +105,10 @@ class DKD(Method):
             raise DistillError("dkd needs at least two classes")
         target = batch.target
         gt = torch.where(target >= 0, target, t.logits.argmax(dim=1))  # (B,)
-        tckd, nckd = dkd_loss(s.logits, t.logits, gt, self.T)
+        s_logits, t_logits = s.logits, t.logits
+        if self.standardize:  # Sun et al. 2024: z-scored logits, so a student need not match the teacher's scale
+            s_logits, t_logits = standardize_logits(s_logits), standardize_logits(t_logits)
+        tckd, nckd = dkd_loss(s_logits, t_logits, gt, self.T)
         w = warmup_weight(ctx, self.warmup_epochs)
         ce = self.alpha * labelled_cross_entropy(s.logits, target)
         tckd, nckd = w * self.dkd_alpha * tckd, w * self.dkd_beta * nckd
