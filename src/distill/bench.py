@@ -71,7 +71,8 @@ def select_methods(text: str) -> list[str]:
 
 
 def load_method_args(path: str | None) -> dict[str, dict[str, Any]]:
-    """Read ``--method-args``: a YAML mapping of method name -> keyword arguments (``weight`` allowed)."""
+    """Read ``--method-args``: a YAML mapping of method name -> keyword arguments (``weight`` allowed); keys
+    starting with ``_`` are skipped, so they can hold YAML anchors (``_maps: &maps {...}``) reused below."""
     if path is None:
         return {}
     file = Path(path)
@@ -80,7 +81,8 @@ def load_method_args(path: str | None) -> dict[str, dict[str, Any]]:
     raw = parse_value(file.read_text()) or {}
     if not isinstance(raw, dict) or not all(isinstance(v, dict) or v is None for v in raw.values()):
         raise DistillError(f"--method-args {file}: expected a YAML mapping of method name -> arguments")
-    args = {str(k): dict(v or {}) for k, v in raw.items()}
+    # keys starting with "_" only hold YAML anchors shared by several methods
+    args = {str(k): dict(v or {}) for k, v in raw.items() if not str(k).startswith("_")}
     for name, kwargs in args.items():
         cls = METHODS.get(name)
         weight = kwargs.get("weight", 1.0)
