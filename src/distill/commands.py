@@ -25,15 +25,17 @@ def list_registered() -> str:
 
 
 def train_teacher(recipe: Recipe, *, resume: bool = False) -> Path:
-    """Train only the recipe's teacher; returns its ``model.safetensors``."""
+    """Train only the recipe's teacher; returns its ``model.safetensors``. Runs data-parallel under torchrun."""
+    from distill.engine.dist import distributed, main_log
     from distill.run import obtain_teacher
 
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section")
     if recipe.teacher.weights:
         raise DistillError(f"teacher.weights is set ({recipe.teacher.weights}): nothing to train")
-    data = load_data(recipe)
-    trained = obtain_teacher(recipe, data, resume=resume, log=print)
+    with distributed(recipe.device):
+        data = load_data(recipe)
+        trained = obtain_teacher(recipe, data, resume=resume, log=main_log(print))
     assert trained.weights is not None
     return trained.weights.resolve()
 
@@ -114,19 +116,31 @@ def _summary(model: nn.Module, shape: tuple[int, ...]) -> str:
 
 
 def build_cache(recipe: Recipe) -> str:
-    """``distill cache build``: (re)build the recipe's teacher cache; returns its one-line summary."""
+    """``distill cache build``: (re)build the recipe's teacher cache; returns its one-line summary.
+
+    Under torchrun a teacher without weights trains data-parallel, and rank 0 alone builds the cache."""
+    from distill.engine.dist import distributed
+
+    with distributed(recipe.device):
+        return _build_cache(recipe)
+
+
+def _build_cache(recipe: Recipe) -> str:
     from distill.cache import obtain_cache, summary
+    from distill.engine.dist import main_log
     from distill.run import obtain_teacher
 
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section: there is nothing to cache")
     data = load_data(recipe)
-    teacher = obtain_teacher(recipe, data, resume=True, log=print)
+    log = main_log(print)
+    teacher = obtain_teacher(recipe, data, resume=True, log=log)
     frozen = frozen_teacher(teacher.model, recipe.teacher, data)
     check_classes(data, teacher=frozen)
     from distill.build import build_augment, build_methods
 
-    cache = obtain_cache(recipe, data, frozen, build_methods(recipe), augment=build_augment(recipe), rebuild=True)
+    cache = obtain_cache(recipe, data, frozen, build_methods(recipe), augment=build_augment(recipe), rebuild=True,
+                         log=log)
     return summary(cache)
 
 

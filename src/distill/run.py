@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from distill.build import (
@@ -24,6 +26,18 @@ from distill.build import (
 from distill.cache import prepare_cache
 from distill.data import ArrayDataset, BatchLoader, DataSplits
 from distill.engine import FitJob, fit
+from distill.engine.dist import (
+    agree,
+    check_global_batch,
+    distributed,
+    everywhere,
+    local_device,
+    main_log,
+    on_main,
+    rank,
+    sum_across_ranks,
+    world_size,
+)
 from distill.evaluate import model_metrics, predict, topk_accuracy
 from distill.io import load_into, load_weights, save_weights, write_json
 from distill.methods import MethodSet
@@ -42,7 +56,16 @@ class Trained:
 
 
 def run(recipe: Recipe, *, resume: bool = False, log: Log = print) -> Path:
-    """Train and compare teacher / scratch / distilled student; returns the path of ``report.md``."""
+    """Train and compare teacher / scratch / distilled student; returns the path of ``report.md``.
+
+    Under ``torchrun`` every process calls it: they train data-parallel (``distill.engine.dist``), rank 0
+    alone writes files and logs, and every rank returns once the report is written.
+    """
+    with distributed(recipe.device):
+        return _run(recipe, resume=resume, log=main_log(log))
+
+
+def _run(recipe: Recipe, *, resume: bool, log: Log) -> Path:
     data = load_data(recipe)
     log(_describe_data(data))
     teacher = obtain_teacher(recipe, data, resume=resume, log=log)
@@ -63,7 +86,8 @@ def run(recipe: Recipe, *, resume: bool = False, log: Log = print) -> Path:
                      f"for the same number of optimizer steps as the distilled student")
     trained["student"] = train_student(recipe, data, student_model, methods, frozen, resume=resume, log=log,
                                        notes=notes)
-    return _report(recipe, data, trained, frozen, notes, log)
+    on_main(partial(_report, recipe, data, trained, frozen, notes, log))
+    return recipe.out / "report.md"
 
 
 def obtain_teacher(recipe: Recipe, data: DataSplits, *, resume: bool, log: Log) -> Trained:
@@ -107,24 +131,29 @@ def train_role(role: str, recipe: Recipe, data: DataSplits, model: nn.Module, me
     Training batches carry the recipe's ``data.augment`` (``views``: cycle through that many augmented views
     instead of a fresh one each epoch); per-epoch evaluation never augments.
     """
+    check_global_batch(recipe.data.batch_size)
     out = recipe.out / role
     fp = fingerprint(recipe, role)
-    done = _finished(out, fp, model) if resume else None
+    done = everywhere(partial(_finished, out, fp, model)) if resume else None
+    agree(done is not None, f"whether {role} is already complete in {out}")
     if done is not None:
         log(f"{role}: already complete in {out}")
         return done
-    (out / "model.json").unlink(missing_ok=True)
+    on_main(partial((out / "model.json").unlink, missing_ok=True))
     loader = BatchLoader(ds, recipe.data.batch_size, shuffle=True, seed=recipe.seed, epoch_size=epoch_size,
-                         augment=build_augment(recipe), views=views)
+                         augment=build_augment(recipe), views=views, rank=rank(), world=world_size())
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=recipe.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, evaluate=_epoch_eval(data, recipe.data.eval_batch_size),
-                 resume=resume, device=recipe.device, desc=role, log=log, num_classes=data.num_classes)
+                 resume=resume, device=local_device(recipe.device), desc=role, log=log, num_classes=data.num_classes)
     history = fit(job)
-    weights = out / "model.safetensors"
-    save_weights(weights, model.state_dict())
+    on_main(partial(_save_role, out, role, fp, model, history))
+    return Trained(model, history, out / "model.safetensors")
+
+
+def _save_role(out: Path, role: str, fp: str, model: nn.Module, history: list[dict[str, Any]]) -> None:
+    save_weights(out / "model.safetensors", model.state_dict())
     # model.json is written last: its presence marks the role as complete for --resume.
     write_json(out / "model.json", {"role": role, "fingerprint": fp, "complete": True, "history": history})
-    return Trained(model, history, weights)
 
 
 def _finished(out: Path, fp: str, model: nn.Module) -> Trained | None:
@@ -140,9 +169,22 @@ def _finished(out: Path, fp: str, model: nn.Module) -> Trained | None:
 
 def _epoch_eval(data: DataSplits, batch_size: int) -> Callable[[nn.Module], dict[str, float]]:
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return {"val_top1": topk_accuracy(predict(model, data.val.x, batch_size), data.val.y),
-                "test_top1": topk_accuracy(predict(model, data.test.x, batch_size), data.test.y)}
+        return {"val_top1": _top1(model, data.val, batch_size), "test_top1": _top1(model, data.test, batch_size)}
     return evaluate
+
+
+def _top1(model: nn.Module, split: ArrayDataset, batch_size: int) -> float:
+    """Top-1 accuracy on ``split``. Under torchrun each rank predicts its own contiguous share and the correct
+    counts are summed: every rank gets the same number, and none waits while another evaluates everything."""
+    if world_size() == 1:
+        return topk_accuracy(predict(model, split.x, batch_size), split.y)
+    per = -(-len(split) // world_size())  # ceil: the last ranks may get fewer (or no) rows
+    lo, hi = min(len(split), rank() * per), min(len(split), (rank() + 1) * per)
+    correct = int((predict(model, split.x[lo:hi], batch_size).argmax(dim=1) == split.y[lo:hi]).sum()) if hi > lo else 0
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")  # nccl reduces device tensors
+    counts = sum_across_ranks(torch.tensor([correct, hi - lo], dtype=torch.float64, device=device))
+    return float(counts[0] / counts[1])
 
 
 def _diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log) -> list[str]:

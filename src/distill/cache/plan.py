@@ -7,11 +7,15 @@
 - ``required``: as auto, but anything that prevents using the cache is an error, and so is a stale cache.
 - ``off``: always run the live teacher.
 A corrupt or truncated cache is always refused.
+
+Under torchrun rank 0 alone opens and validates or builds the cache; every other rank waits for it, then opens
+that cache read-only (memory-mapped) and never builds one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from torch import nn
 from distill.cache.build import build_cache, cache_fingerprint, open_cache
 from distill.cache.store import TeacherCache
 from distill.data import DataSplits
+from distill.engine.dist import everywhere, local_device, on_main
 from distill.errors import DistillError, StaleCacheError
 from distill.methods.base import MethodSet
 from distill.recipe import Recipe
@@ -95,6 +100,13 @@ def obtain_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module, methods: 
     """Open the recipe's cache if it is current, else build it (see the module doc for stale caches)."""
     path = cache_path(recipe)
     fp = fingerprint_for(recipe, teacher, data, methods)
+    main = on_main(partial(_open_or_build, recipe, data, teacher, path, fp, augment=augment, rebuild=rebuild, log=log))
+    # on_main returned once rank 0 is done: the other ranks open what it validated or built, read-only
+    return everywhere(lambda: main if main is not None else open_cache(path, fp))
+
+
+def _open_or_build(recipe: Recipe, data: DataSplits, teacher: nn.Module, path: Path, fp: dict[str, Any], *,
+                   augment: Any, rebuild: bool, log: Log) -> TeacherCache:
     if not rebuild and (path / "manifest.json").is_file():
         try:
             cache = open_cache(path, fp)
@@ -104,6 +116,7 @@ def obtain_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module, methods: 
             if recipe.cache.path is not None or recipe.cache.mode != "auto":
                 raise  # a cache the user placed or requires is never replaced behind their back
             log(f"cache: rebuilding {path}, it is stale: {e.diff}")
-    return build_cache(path, teacher=teacher, inputs=data.train.x, fingerprint=fp, augment=augment,
-                       batch_size=recipe.data.eval_batch_size, device=recipe.device, log=log)
+    device = local_device(recipe.device)
+    return build_cache(path, teacher=teacher.to(device), inputs=data.train.x, fingerprint=fp, augment=augment,
+                       batch_size=recipe.data.eval_batch_size, device=device, log=log)
 

@@ -31,15 +31,26 @@ class BatchLoader:
     augment: inputs become ``augment(x, index, view)`` with ``view = view_of(epoch)``; each batch carries its
         view. ``views``: cycle through views ``0 .. views-1`` (the ones a teacher cache stores); default a
         fresh view every epoch. Without augment (or with an identity one) every batch is view 0, unchanged.
+    rank, world: data-parallel training. ``batch_size`` stays the global batch and must be divisible by
+        ``world``; every rank computes the same global order and batches and yields the ``rank``-th of
+        ``world`` contiguous chunks of each (the DistributedSampler idea, without its padding), so every rank
+        takes the same number of steps. A last, partial global batch of ``b`` samples is split as evenly as
+        it goes (chunk sizes differ by at most one; ``share`` says by how much, for the loss weighting that
+        keeps DDP's average the global mean); with ``b < world`` it is dropped (no rank gets an empty batch).
     """
 
     def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_size: int | None = None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None) -> None:
+                 views: int | None = None, rank: int = 0, world: int = 1) -> None:
         if len(ds) == 0:
             raise DistillError("cannot batch an empty dataset")
         if batch_size < 1:
             raise DistillError(f"batch_size must be >= 1, got {batch_size}")
+        if world < 1 or not 0 <= rank < world:
+            raise DistillError(f"rank must be in [0, world) with world >= 1, got rank {rank}, world {world}")
+        if batch_size % world:
+            raise DistillError(f"batch_size {batch_size} is the global batch and must be divisible by the "
+                               f"{world} processes")
         if epoch_size is not None and epoch_size < 1:
             raise DistillError(f"epoch_size must be >= 1, got {epoch_size}")
         if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
@@ -52,6 +63,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.augment = augment
         self.views = views
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -76,17 +88,33 @@ class BatchLoader:
         return torch.cat(perms)[: self.epoch_size]
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        if self.drop_last:
-            return self.epoch_size // self.batch_size
-        return math.ceil(self.epoch_size / self.batch_size)
+        """Batches (optimizer steps) per epoch; the same on every rank."""
+        full, rest = divmod(self.epoch_size, self.batch_size)
+        return full + int(not self.drop_last and rest >= self.world)
+
+    def chunk(self, b: int) -> tuple[int, int]:
+        """Positions ``[lo, hi)`` in the epoch's order of this rank's part of global batch ``b``."""
+        start = b * self.batch_size
+        per, extra = divmod(min(self.epoch_size, start + self.batch_size) - start, self.world)
+        lo = start + self.rank * per + min(self.rank, extra)  # the first `extra` ranks take one more
+        return lo, lo + per + int(self.rank < extra)
+
+    def share(self, b: int) -> float:
+        """This rank's part of global batch ``b`` relative to an equal split: 1.0 except in an uneven last batch.
+
+        A rank's mean loss times its share, averaged over ranks (what DDP does to gradients), is the mean
+        over the global batch."""
+        lo, hi = self.chunk(b)
+        start = b * self.batch_size
+        return (hi - lo) * self.world / (min(self.epoch_size, start + self.batch_size) - start)
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.order()
         augment = None if self.augment is None or self.augment.identity else self.augment
         view = self.view_of(self.epoch) if augment is not None else 0
         for b in range(len(self)):
-            index = order[b * self.batch_size: (b + 1) * self.batch_size]  # (B,)
+            lo, hi = self.chunk(b)
+            index = order[lo:hi]  # (B / world,), the last batch possibly one more or less
             x = self.ds.x[index]  # (B, *input_shape)
             if augment is not None:
                 x = augment(x, index, view)

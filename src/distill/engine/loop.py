@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog
 from distill.engine.meter import Meter
@@ -26,7 +28,7 @@ from distill.methods.base import MethodSet
 from distill.models import as_logits
 from distill.recipe import TrainSpec
 from distill.taps import FeatureTaps
-from distill.types import Batch, ModelOutput, SetupContext, StepContext
+from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
 
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
@@ -54,8 +56,17 @@ class FitJob:
 
 
 def fit(job: FitJob) -> list[dict[str, Any]]:
-    """Train ``job.model`` for ``job.train.epochs`` epochs, checkpointing each epoch; returns the history."""
+    """Train ``job.model`` for ``job.train.epochs`` epochs, checkpointing each epoch; returns the history.
+
+    Under torchrun (see ``distill.engine.dist``) every rank calls it with its own ``job.loader`` chunk; the
+    student and the trainable method connectors train under DDP, ``job.evaluate`` must be the same collective
+    on every rank, and only rank 0 writes checkpoints, logs and progress lines.
+    """
+    dist.require_group()
+    job.log = dist.main_log(job.log)
     model = job.model.to(job.device)
+    if job.teacher is not None:  # a replica on every rank's own device, eval mode, no DDP
+        job.teacher.to(job.device)
     _setup_methods(job)
     methods = job.methods.to(job.device)
     params = list(model.parameters()) + list(methods.parameters())
@@ -63,21 +74,27 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     pre = methods.pretrain_epochs
     sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre)
     start = _start(job, opt, sched)
-    logger = EpochLog(job.out_dir)
     if job.train.channels_last:
         model.to(memory_format=torch.channels_last)
     step = _Step(job)
+    logger = dist.on_main(partial(EpochLog, job.out_dir))
     for epoch in range(start, pre + job.train.epochs):
         stats = _train_epoch(job, opt, sched, params, epoch, step)
+        dist.sync_buffers(model)  # what every rank evaluates is what rank 0 saves
         if job.evaluate is not None:
             stats.update(job.evaluate(model))
         job.history.append(stats)
-        save_checkpoint(job.out_dir, model=model, methods=methods, optimizer=opt, scheduler=sched,
-                        epoch=epoch + 1, history=job.history, fingerprint=job.fingerprint)
-        logger.write(job.history)
+        dist.on_main(partial(_save_epoch, job, opt, sched, epoch + 1, logger))
         job.log(_describe(job.desc, stats))
-    logger.close()
+    if logger is not None:
+        logger.close()
     return job.history
+
+
+def _save_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, epochs_done: int, logger: EpochLog) -> None:
+    save_checkpoint(job.out_dir, model=job.model, methods=job.methods, optimizer=opt, scheduler=sched,
+                    epoch=epochs_done, history=job.history, fingerprint=job.fingerprint)
+    logger.write(job.history)
 
 
 def _setup_methods(job: FitJob) -> None:
@@ -113,19 +130,42 @@ def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Tensor) 
 
 
 def _start(job: FitJob, opt: torch.optim.Optimizer, sched: Any) -> int:
-    """Resume from the last complete checkpoint, or start fresh (clearing a stale one)."""
-    ckpt = find_checkpoint(job.out_dir)
-    if job.resume and ckpt is not None:
-        state = load_checkpoint(ckpt, model=job.model, methods=job.methods, optimizer=opt, scheduler=sched,
-                                fingerprint=job.fingerprint)
+    """Resume from the last complete checkpoint, or start fresh (clearing a stale one).
+
+    Under torchrun every rank loads the checkpoint rank 0 wrote, RNG state included (the ranks' RNGs are
+    identical: same seed, same draws), after agreeing that there is one and which epoch it ends.
+    """
+    ckpt = find_checkpoint(job.out_dir) if job.resume else None
+    dist.agree(ckpt is not None, f"{job.desc}: whether there is a checkpoint to resume from")
+    if ckpt is not None:
+        state = dist.everywhere(partial(load_checkpoint, ckpt, model=job.model, methods=job.methods, optimizer=opt,
+                                        scheduler=sched, fingerprint=job.fingerprint))
+        dist.agree(state.epoch, f"{job.desc}: the epoch to resume from")
         job.history = state.history
         job.log(f"{job.desc}: resumed from {ckpt} after epoch {state.epoch}")
         return state.epoch
-    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
-        shutil.rmtree(job.out_dir / name, ignore_errors=True)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    dist.on_main(partial(_clear_checkpoints, job.out_dir))
     torch.manual_seed(job.seed)  # dropout and other in-loop randomness replay from the seed
     return 0
+
+
+def _clear_checkpoints(out_dir: Path) -> None:
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _Trainable(nn.Module):
+    """Student and methods as one module, for one DDP wrapper whose forward computes the loss itself: DDP finds
+    the parameters a step leaves without gradient (FitNet's hint stage never uses the student's head) by walking
+    back from what the forward returns, so that has to be the loss, not the student's logits."""
+
+    def __init__(self, model: nn.Module, methods: MethodSet) -> None:
+        super().__init__()
+        self.model, self.methods = model, methods
+
+    def forward(self, loss: Callable[[], LossOutput]) -> LossOutput:
+        return loss()
 
 
 class _Step:
@@ -142,6 +182,17 @@ class _Step:
         self.model = job.model
         if spec.compile:  # compile a view for the forward pass; job.model (what is saved) is unchanged
             self.model = torch.compile(job.model)
+        # Under torchrun, one DDP wrapper around the whole loss (_Trainable). Stages that leave parameters without
+        # gradient (a pre-training stage, a paraphraser frozen for the main stage) need DDP's search for unused
+        # ones. Buffers are not broadcast every step: CRD keeps its banks identical itself, and the student's
+        # BatchNorm statistics are synced from rank 0 once per epoch (fit).
+        staged = any(hasattr(m, "pretrain_epochs") for m in job.methods.methods)
+        self.trainable = dist.wrap(_Trainable(job.model, job.methods), find_unused=staged, broadcast_buffers=False)
+
+    def loss(self, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,
+             t_taps: FeatureTaps | None) -> LossOutput:
+        """The loss of one batch; under torchrun computed inside DDP, which then all-reduces its gradients."""
+        return self.trainable(partial(_loss, self, job, batch, ctx, s_taps, t_taps))
 
     def autocast(self) -> Any:
         return torch.autocast(self.dev, dtype=self.dtype) if self.dtype is not None else nullcontext()
@@ -165,6 +216,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     stage, stage_epoch, stage_epochs = ("pretrain", epoch, pre) if epoch < pre else \
         ("main", epoch - pre, job.train.epochs)
     meter = Meter(job.desc, job.out_dir, epoch, n_steps)
+    share = job.loader.share if dist.world_size() > 1 else lambda _: 1.0
     with ExitStack() as stack:
         s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
         t_taps = None
@@ -177,11 +229,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             batch = step.batch(batch, job.device)
             ctx = StepContext(epoch=stage_epoch, step=stage_epoch * n_steps + i, epochs=stage_epochs,
                               steps_per_epoch=n_steps, stage=stage)
-            with step.autocast():
-                s_out = _forward(step.model, batch, s_taps)
-                t_out = _teacher_outputs(job, batch, t_taps)
-            # the losses run in fp32 (outside autocast): tempered log-softmax is precision-sensitive
-            out = job.methods(_fp32(s_out), _fp32(t_out), batch, ctx)
+            out = dist.weight_by_share(step.loss(job, batch, ctx, s_taps, t_taps), share(i))
             opt.zero_grad(set_to_none=True)
             step.scaler.scale(out.loss).backward()
             if job.train.grad_clip:
@@ -190,7 +238,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             step.scaler.step(opt)
             step.scaler.update()
             sched.step()
-            meter.add(out.loss, out.terms, len(batch.target))
+            meter.add(out.loss, out.terms, len(batch.target) * dist.world_size())
             bar.update(1)
             if (i + 1) % job.train.log_every == 0:
                 bar.set_postfix_str(meter.flush(), refresh=False)
@@ -198,6 +246,15 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     stats = meter.summary(opt.param_groups[0]["lr"])
     stats.update(stage=stage, stage_epoch=stage_epoch + 1, stage_epochs=stage_epochs)
     return stats
+
+
+def _loss(step: _Step, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,
+          t_taps: FeatureTaps | None) -> LossOutput:
+    with step.autocast():
+        s_out = _forward(step.model, batch, s_taps)
+        t_out = _teacher_outputs(job, batch, t_taps)
+    # the losses run in fp32 (outside autocast): tempered log-softmax is precision-sensitive
+    return job.methods(_fp32(s_out), _fp32(t_out), batch, ctx)
 
 
 def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> ModelOutput | None:

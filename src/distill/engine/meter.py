@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from distill.engine.checkpoint import find_checkpoint
+from distill.engine.dist import mean_across_ranks
 from distill.errors import NonFiniteLossError
 
 
@@ -30,15 +31,21 @@ class Meter:
         self.samples += n
 
     def flush(self) -> str:
+        """Fold the window into the epoch sums (one host sync) and return the running means as text.
+
+        Under torchrun every rank calls it at the same step and the window is averaged across ranks first:
+        logged losses are those of the global batch, and a NaN on any rank stops every rank at once.
+        """
         if self.window:
-            losses = torch.stack([w[0].float() for w in self.window])  # (W,)
-            bad = (~torch.isfinite(losses)).nonzero()
+            keys = list(self.window[0][1])
+            table = torch.stack([torch.stack([w[0].float() for w in self.window]),
+                                 *(torch.stack([w[1][k].float() for w in self.window]) for k in keys)])  # (1+K, S)
+            table = mean_across_ranks(table)
+            bad = (~torch.isfinite(table[0])).nonzero()
             if len(bad):
-                self._fail(self.steps + int(bad[0]), self.window[int(bad[0])][1])
-            self.sums["loss"] = self.sums.get("loss", 0.0) + float(losses.sum())
-            for key in self.window[0][1]:
-                vals = torch.stack([w[1][key].float() for w in self.window])
-                self.sums[key] = self.sums.get(key, 0.0) + float(vals.sum())
+                self._fail(self.steps + int(bad[0]), dict(zip(keys, table[1:, int(bad[0])])))
+            for key, total in zip(["loss", *keys], table.sum(dim=1).tolist()):
+                self.sums[key] = self.sums.get(key, 0.0) + total
             self.steps += len(self.window)
             self.window = []
         rate = self.samples / max(1e-9, time.perf_counter() - self.t0)

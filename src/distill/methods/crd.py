@@ -15,6 +15,12 @@ teacher embedding against the student bank (trains only the teacher-side head; t
 detached). After the forward each bank row of the batch moves towards the new embedding with momentum
 ``nce_m`` and is renormalised to unit length.
 
+Under torchrun (data-parallel) the global batch is what counts, as in one process: every rank draws the
+negatives of the whole global batch from its RNG (identical on every rank) and keeps its own rows, ``Z`` is
+estimated from the whole first global batch, and the embeddings and indices of every rank are all-gathered
+before the momentum update, so the banks stay identical on every rank and match a single process's (up to
+float summation order).
+
 Negatives are drawn uniformly with replacement over the dataset, excluding the positive index. The
 reference code ("exact" mode) draws them from samples of *other classes* instead, and its "relax" mode
 also swaps the positive for a random same-class sample; both need a label for every sample, which a
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.engine import dist
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
 from distill.types import Batch, LossOutput, ModelOutput, Needs, SetupContext, StepContext
@@ -126,6 +133,7 @@ class CRD(Method):
         self.register_buffer("memory_t", torch.zeros(0, feat_dim))
         self.register_buffer("nce_z", torch.zeros(2))  # [Z_student, Z_teacher]; 0 = not estimated yet
         self._index_checked = False
+        self._z_checked = False  # Z estimated (or restored) in this process: no more estimates to gather
 
     def setup(self, ctx: SetupContext) -> None:
         """Build the embedding heads from the probed tap shapes and the two memory banks."""
@@ -140,6 +148,7 @@ class CRD(Method):
         self.memory_t = torch.rand(ctx.num_samples, self.feat_dim) * 2 * std - std  # (N, D)
         self.nce_z = torch.zeros(2)
         self._index_checked = False
+        self._z_checked = False
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "crd needs teacher outputs"
@@ -150,25 +159,35 @@ class CRD(Method):
         self._check_index(index, n)
         v_s = self.embed_s(_feat(s, self.s_layer, "student"))  # (B, D)
         v_t = self.embed_t(_feat(t, self.t_layer, "teacher").detach())  # (B, D)
-        idx = sample_contrast_indices(index, n, min(self.nce_k, n - 1))  # (B, 1 + K)
+        # Data-parallel: draw for the global batch (G rows, the same draws on every rank) and keep our rows.
+        sizes = dist.gather_sizes(index.shape[0], index.device)  # per rank (an epoch's last batch may be uneven)
+        index_all = dist.gather_cat(index, sizes)  # (G,) the global batch, rank chunks in rank order
+        lo = sum(sizes[:dist.rank()])
+        idx = sample_contrast_indices(index_all, n, min(self.nce_k, n - 1))[lo:lo + index.shape[0]]  # (B, 1 + K)
         logit_s = contrast_logits(v_s, self.memory_t, idx, self.nce_t)  # student anchor, teacher bank
         logit_t = contrast_logits(v_t, self.memory_s, idx, self.nce_t)  # teacher anchor, student bank
         log_z = self._log_z(torch.stack([logit_s.detach(), logit_t.detach()]), n)  # (2,)
         loss = nce_loss(logit_s - log_z[0], n) + nce_loss(logit_t - log_z[1], n)
         if self.training:  # banks move after scoring: this batch saw the previous epoch's entries
-            momentum_update(self.memory_s, index, v_s, self.nce_m)
-            momentum_update(self.memory_t, index, v_t, self.nce_m)
+            # every rank applies the whole global batch's update, so the banks stay identical across ranks
+            v_all = dist.gather_cat(torch.cat([v_s.float(), v_t.float()], dim=1), sizes)  # (G, 2D)
+            momentum_update(self.memory_s, index_all, v_all[:, :self.feat_dim], self.nce_m)
+            momentum_update(self.memory_t, index_all, v_all[:, self.feat_dim:], self.nce_m)
         crd = self.beta * loss
         return LossOutput(crd, {"crd": crd})
 
     def _log_z(self, logits: Tensor, n: int) -> Tensor:
         """log Z per direction; Z = N * mean(exp(logits)) from the first batch, then kept (no host sync).
 
-        logits: (2, B, 1 + K) detached.
+        logits: (2, B, 1 + K) detached. Data-parallel: the estimate is that of the whole global batch (the
+        ranks' log-sum-exps are gathered once per process), so every rank holds the same Z.
         """
-        count = logits[0].numel()
-        estimate = (torch.logsumexp(logits.flatten(1), dim=1) - math.log(count) + math.log(n)).exp()  # (2,)
-        self.nce_z.copy_(torch.where(self.nce_z > 0, self.nce_z, estimate))
+        if not self._z_checked:
+            lse = dist.gather_cat(torch.logsumexp(logits.flatten(1), dim=1)[None])  # (world, 2)
+            count = int(dist.sum_across_ranks(torch.tensor(logits[0].numel(), device=logits.device)))  # scores
+            estimate = (torch.logsumexp(lse, dim=0) - math.log(count) + math.log(n)).exp()  # (2,)
+            self.nce_z.copy_(torch.where(self.nce_z > 0, self.nce_z, estimate))  # a restored Z is kept
+            self._z_checked = True
         return self.nce_z.log()
 
     def _check_index(self, index: Tensor, n: int) -> None:
