@@ -66,8 +66,9 @@ def why_not_cached(recipe: Recipe, methods: MethodSet, num_classes: int) -> str 
     k = effective_k(recipe, num_classes)
     if dense_only := methods.without_topk(num_classes, k):
         return f"{', '.join(dense_only)} need(s) every teacher logit but cache.k={k} < {num_classes} classes"
-    if recipe.data.augment is not None and cache_views(recipe) < 1:
-        return "cache.views must be >= 1"
+    aug = recipe.data.augment
+    if aug is not None and (aug.shift or aug.flip) and recipe.cache.views is None:
+        return "data.augment is on but cache.views (augmented views stored per sample) is not set"
     return None
 
 
