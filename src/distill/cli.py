@@ -1,4 +1,7 @@
-"""``distill run|teacher|eval|inspect|bench|cache|list``. Bad input: one ``error:`` line on stderr and exit code 2."""
+"""``distill run|teacher|eval|inspect|bench|cache|export|list``.
+
+Bad input: one ``error:`` line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("path")
     cv.add_argument("--recipe", help="also check that the cache matches this recipe's teacher, data and settings")
     cv.add_argument("overrides", nargs="*")
+    x = sub.add_parser("export", help="export a finished run's student (parity-checked) and add a deployment table")
+    x.add_argument("run_dir", help="a finished run's output directory (holds report.json and student/)")
+    x.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])  # export.FORMATS
+    x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the Linear layers")
     return p
 
 
@@ -90,6 +97,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         print(commands.inspect(args.model, args.overrides, role=args.role, input_shape=args.input_shape,
                                num_classes=args.num_classes))
+        return 0
+    if args.command == "export":
+        from distill.export import export_student
+
+        e = export_student(args.run_dir, args.format, int8=args.int8)
+        print(f"exported {Path(args.run_dir) / 'export' / e['file']} ({e['bytes']:,} bytes): top-1 agreement "
+              f"{e['agreement']:.2%} with the PyTorch student on {e['n']} test samples, max |logit diff| "
+              f"{e['max_abs_diff']:.3g}; deployment table in {Path(args.run_dir) / 'report.md'}")
         return 0
     if args.command == "cache" and args.cache_command == "verify":
         print(commands.verify_cache(args.path, args.recipe, args.overrides))

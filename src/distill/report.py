@@ -145,12 +145,50 @@ def _markdown(report: dict) -> str:
     lines += ["", "## Summary", "", _summary_text(report["summary"], models), ""]
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    if report.get("deployment"):
+        lines += _deployment_md(report["deployment"])
     lines += ["## Plots", "", f"![learning curves]({CURVES_PNG})", "",
               f"![top-1 vs parameters]({SCATTER_PNG})", "", "---", ""]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     lines.append(f"seed {report['seed']} · {versions} · git {report['git_sha'] or DASH} · "
                  f"created {report['created']}")
     return "\n".join(lines) + "\n"
+
+
+def _deployment_md(dep: dict) -> list[str]:
+    """The "Deployment" section written by ``distill export``: one row per model file."""
+    lines = ["## Deployment", "",
+             f"Written by `distill export`. Top-1 and agreement with the fp32 student on the first {dep.get('n')} "
+             f"test samples; median CPU forward time with {dep.get('threads')} thread(s).", "",
+             "| model | format | file | size | top-1 | agreement w/ student | latency b1 (ms) | latency b256 (ms) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in dep.get("rows", []):
+        cells = [str(r.get("model")), str(r.get("format")) + (" int8" if r.get("int8") else ""),
+                 f"`{r.get('file')}`", _size(_num(r, "size_bytes")), _pct(_num(r, "top1")),
+                 _pct(_num(r, "agreement")), _fmt(_num(r, "latency_ms_b1"), ".3f"),
+                 _fmt(_num(r, "latency_ms_b256"), ".3f")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines + [""] + [f"- {n}" for n in dep.get("notes", [])] + ([""] if dep.get("notes") else [])
+
+
+def write_deployment(out_dir: str | Path, deployment: dict) -> Path:
+    """Set ``deployment`` in an existing report.json and rewrite it and report.md atomically; returns report.md."""
+    import json
+
+    from distill.errors import DistillError
+
+    out = Path(out_dir)
+    try:
+        report = json.loads((out / "report.json").read_text())
+        report["deployment"] = _clean(deployment)
+        text = _markdown(report)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DistillError(f"{out / 'report.json'}: cannot add the deployment table ({type(e).__name__}: {e})"
+                           ) from None
+    write_json(out / "report.json", report)
+    md = out / "report.md"
+    write_text(md, text)
+    return md
 
 
 def _save(fig: Any, path: Path) -> None:
