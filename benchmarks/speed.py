@@ -2,8 +2,9 @@
 
 For each teacher/student pair, rounds of one epoch each are interleaved (plain student epoch through the
 engine, KD epoch from the cache, KD epoch with the live teacher, the same plain epoch as a minimal hand-written
-PyTorch loop), so machine noise hits all four alike; each figure is the median over the rounds after a
-warm-up round, and every ratio is formed from medians of the same run. Also measures cache size and build
+PyTorch loop; the order alternates between rounds), so machine noise hits all four alike. Epoch times are
+medians over the rounds after a warm-up round; each ratio is the median of the per-round ratios of that run.
+Also measures cache size and build
 time for several k. Writes the tables into docs/BENCHMARKS.md between the ``speed`` markers.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --rounds 6
@@ -101,16 +102,22 @@ def measure_pair(label: str, student: dict, samples: int, rounds: int, tmp: Path
                                          tmp / "live", teacher=teacher),
             "hand": lambda r=r: handwritten_epoch(build_arch(recipe.student, data, 0), x, y, r),
         }
-        for name, fn in runs.items():
-            seconds = fn()
+        order = list(runs) if r % 2 else list(reversed(runs))  # alternate, so neither side always runs first
+        for name in order:
+            seconds = runs[name]()
             if r:
                 times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
+
+    def paired(a: str, b: str) -> float:
+        # median of per-round ratios: both epochs of a round ran back to back, so slow drifts in machine load cancel
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     s_model = build_arch(recipe.student, data, 0)
     return {"pair": label, "samples": len(x), "rounds": rounds, **{f"{k}_s": v for k, v in med.items()},
             "flops_ratio": flops(t_model, teacher.renormalise(x[:1])) / flops(s_model, x[:1]),
-            "cached_over_plain": med["cached"] / med["plain"], "live_over_plain": med["live"] / med["plain"],
-            "plain_over_hand": med["plain"] / med["hand"]}
+            "cached_over_plain": paired("cached", "plain"), "live_over_plain": paired("live", "plain"),
+            "plain_over_hand": paired("plain", "hand")}
 
 
 def cache_sizes(samples: int, tmp: Path) -> list[dict]:
@@ -131,7 +138,7 @@ def cache_sizes(samples: int, tmp: Path) -> list[dict]:
 
 
 def markdown(pairs: list[dict], sizes: list[dict], command: str) -> str:
-    lines = ["Command (one run; every ratio is formed from medians of interleaved rounds of that run):", "",
+    lines = ["Command (one run; each ratio is the median over rounds of the ratio within a round):", "",
              f"    {command}", "",
              "| pair | teacher/student FLOPs | plain epoch (s) | KD cached (s) | KD live (s) | hand-written (s) "
              "| cached / plain | live / plain | plain / hand-written |",
