@@ -4,8 +4,8 @@ For each teacher/student pair, rounds of one epoch each are interleaved (plain s
 engine, KD epoch from the cache, KD epoch with the live teacher, the same plain epoch as a minimal hand-written
 PyTorch loop; the order alternates between rounds), so machine noise hits all four alike. Epoch times are
 medians over the rounds after a warm-up round; each ratio is the median of the per-round ratios of that run.
-Also measures cache size and build
-time for several k. Writes the tables into docs/BENCHMARKS.md between the ``speed`` markers.
+Also measures cache size and build time for several k. Writes the tables into docs/BENCHMARKS.md between
+the ``speed`` markers.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --rounds 6
 """
