@@ -43,10 +43,15 @@ def effective_k(recipe: Recipe, num_classes: int) -> int:
     return num_classes if k == "all" else min(int(k), num_classes)
 
 
+def _augmenting(recipe: Recipe) -> bool:
+    """True when ``data.augment`` changes the inputs (not absent, not the identity)."""
+    aug = recipe.data.augment
+    return aug is not None and (aug.shift > 0 or aug.flip)
+
+
 def cache_views(recipe: Recipe) -> int:
     """Views stored per sample: 1 without augmentation, else ``cache.views`` (required then)."""
-    aug = recipe.data.augment
-    if aug is None or (aug.shift == 0 and not aug.flip):
+    if not _augmenting(recipe):
         return 1
     if recipe.cache.views is None:
         raise DistillError("cache.views: set how many augmented views per sample the cache stores "
@@ -60,14 +65,12 @@ def why_not_cached(recipe: Recipe, methods: MethodSet, num_classes: int) -> str 
         return "cache.mode is off"
     if recipe.teacher is None or not methods.needs_teacher:
         return "no method needs the teacher"
-    if methods.live_teacher:
-        names = [type(m).__name__.lower() for m in methods.methods if m.needs.live_teacher or m.needs.teacher_taps]
+    if names := methods.live_teacher_methods():
         return f"{', '.join(names)} need(s) the live teacher's features"
     k = effective_k(recipe, num_classes)
     if dense_only := methods.without_topk(num_classes, k):
         return f"{', '.join(dense_only)} need(s) every teacher logit but cache.k={k} < {num_classes} classes"
-    aug = recipe.data.augment
-    if aug is not None and (aug.shift or aug.flip) and recipe.cache.views is None:
+    if _augmenting(recipe) and recipe.cache.views is None:
         return "data.augment is on but cache.views (augmented views stored per sample) is not set"
     return None
 

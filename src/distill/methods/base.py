@@ -74,7 +74,11 @@ class MethodSet(nn.Module):
     @property
     def live_teacher(self) -> bool:
         """True when some method needs the teacher itself (its features), not just its logits."""
-        return any(m.needs.live_teacher or m.needs.teacher_taps for m in self.methods)
+        return bool(self.live_teacher_methods())
+
+    def live_teacher_methods(self) -> list[str]:
+        """Names of the methods that need the live teacher (its features), not just its logits."""
+        return [type(m).__name__.lower() for m in self.methods if m.needs.live_teacher or m.needs.teacher_taps]
 
     def without_topk(self, num_classes: int, k: int) -> list[str]:
         """Names of the teacher-using methods that cannot train on a top-k cache (k < num_classes)."""
