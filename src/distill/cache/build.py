@@ -30,7 +30,9 @@ def hash_tensors(tensors: dict[str, Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1) first: view(uint8) refuses 0-dim tensors (BatchNorm's num_batches_tracked); going through
+        # uint8 instead of .numpy() also covers dtypes numpy lacks (bfloat16, float8)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
