@@ -92,6 +92,7 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Tensor, fingerprint: 
                 if augment is not None:
                     x = augment(x, index, v)
                 rows = _teacher_rows(teacher, x.to(device), k, temps)
+                _check_storable(rows[0], val_dtype, int(index[0]))
                 for f, t in zip(("values", "indices", "lse"), rows):
                     out[f][b - start: b - start + len(index)] = t.cpu().numpy()
             arrays.update({shard_name(v, s, f): a for f, a in out.items()})
@@ -103,6 +104,22 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Tensor, fingerprint: 
     write_cache(path, shards, arrays, manifest)
     log(f"cache: built {path} ({n} samples x {views} view(s), k={k}, {fp['dtype']}) in {seconds:.1f}s")
     return open_cache(path, fp)
+
+
+def _check_storable(values: Tensor, dtype: Any, first_row: int) -> None:
+    """Refuse logits the cache cannot hold: non-finite ones, or beyond fp16's range when storing fp16 (they
+    would become inf and every KD loss NaN). A teacher with such logits has usually diverged, or its
+    BatchNorm running statistics were barely updated (a few training steps) and explode in eval mode."""
+    peak = float(values.abs().max()) if values.numel() else 0.0
+    if not torch.isfinite(values).all():
+        raise DistillError(f"teacher cache: the teacher's logits are not finite (NaN or Inf) in the batch starting "
+                           f"at sample {first_row}: check the teacher (diverged training, or BatchNorm statistics "
+                           "from too few steps)")
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        raise DistillError(f"teacher cache: the teacher's logits reach {peak:.3g}, beyond {np.dtype(dtype).name}'s "
+                           f"range ({limit:.0f}): set cache.dtype: fp32, or check the teacher (logits that large "
+                           "usually mean diverged training or BatchNorm statistics from too few steps)")
 
 
 def _num_classes(teacher: nn.Module, x: Tensor) -> int:
