@@ -19,7 +19,7 @@ from distill.registry import Registry, closest
 
 Builder = Callable[..., nn.Module]
 
-MODELS: Registry[Builder] = Registry("model")
+MODELS: Registry[Builder] = Registry("model", "distill.models", adapt="distill.extend:_model")
 
 # Arguments every builder receives from build_model itself, never from the user's options.
 _FIXED = ("num_classes", "input_shape")
