@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from distill.build import build_arch, build_methods, frozen_teacher, load_data, load_model_weights
+from distill.build import build_arch, build_methods
 from distill.cache import build_cache, open_cache
 from distill.cache.plan import fingerprint_for
 from distill.data import BatchLoader
 from distill.engine import FitJob, fit
 from distill.methods import MethodSet
 from distill.methods.ce import CE
+from distill.plan import plan_from_recipe
 from distill.recipe import recipe_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,12 +84,10 @@ def handwritten_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch:
 
 def measure_pair(label: str, student: dict, samples: int, rounds: int, tmp: Path) -> dict:
     recipe = recipe_for(student, tmp / label.replace(" ", ""), samples)
-    data = load_data(recipe)
-    t_model = build_arch(recipe.teacher, data, 0)
-    load_model_weights(t_model, recipe.teacher.weights, "teacher")
-    teacher = frozen_teacher(t_model, recipe.teacher, data)
-    methods = build_methods(recipe)
-    fp = fingerprint_for(recipe, teacher, data, methods)
+    plan = plan_from_recipe(recipe)
+    data, t_model = plan.data, plan.teacher.model
+    teacher = plan.teacher.frozen(data)
+    fp = fingerprint_for(plan, teacher)
     cache = build_cache(tmp / "cache", teacher=teacher, inputs=data.train.x, fingerprint=fp, log=lambda _: None)
     x, y = data.train.x, data.train.y
     times: dict[str, list[float]] = {"plain": [], "cached": [], "live": [], "hand": []}
@@ -124,11 +123,9 @@ def cache_sizes(samples: int, tmp: Path) -> list[dict]:
     rows = []
     for k in (1, 5, 10, "all"):
         recipe = recipe_for(PAIRS["ccexam -> cnn[16,32]"], tmp / f"k{k}", samples, k=k)
-        data = load_data(recipe)
-        t_model = build_arch(recipe.teacher, data, 0)
-        load_model_weights(t_model, recipe.teacher.weights, "teacher")
-        teacher = frozen_teacher(t_model, recipe.teacher, data)
-        fp = fingerprint_for(recipe, teacher, data, build_methods(recipe))
+        plan = plan_from_recipe(recipe)
+        data, teacher = plan.data, plan.teacher.frozen(plan.data)
+        fp = fingerprint_for(plan, teacher)
         cache = build_cache(tmp / f"cache-k{k}", teacher=teacher, inputs=data.train.x, fingerprint=fp,
                             log=lambda _: None)
         m = cache.manifest

@@ -182,19 +182,19 @@ def test_stale_and_corrupt_caches_are_refused_by_the_cli(tmp_path: Path, capsys)
 
 
 def test_augmented_views_replay_exactly_what_the_teacher_labelled(tmp_path: Path) -> None:
-    from distill.build import build_augment, build_methods, load_data
     from distill.cache import obtain_cache
     from distill.data import BatchLoader
+    from distill.plan import plan_from_recipe
     from distill.recipe import load_recipe
 
     recipe = load_recipe(_digits(tmp_path, data={"name": "digits", "augment": {"shift": 2, "flip": True}}),
                          ["cache.views=3", "cache.k=all", "cache.dtype=fp32"])
-    data = load_data(recipe)
+    plan = plan_from_recipe(recipe)
+    data = plan.data
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
-    cache = obtain_cache(recipe, data, teacher, build_methods(recipe), augment=build_augment(recipe),
-                         log=lambda _: None)
-    loader = BatchLoader(data.train, 50, shuffle=True, seed=7, augment=build_augment(recipe), views=cache.views)
+    cache = obtain_cache(plan, teacher, log=lambda _: None)
+    loader = BatchLoader(data.train, 50, shuffle=True, seed=7, augment=plan.augment, views=cache.views)
     seen = set()
     for epoch in range(4):
         loader.set_epoch(epoch)

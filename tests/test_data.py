@@ -287,7 +287,7 @@ def test_folder_flat_layout(tmp_path) -> None:
     assert d.class_names == ("ant", "cat") and d.num_classes == 2
     assert d.input_shape == (3, 4, 6) and (len(d.train), len(d.val), len(d.test)) == (16, 2, 2)
     for ds in (d.train, d.val, d.test):
-        red = denormalize(ds.x, d.mean, d.std)[:, 0, 0, 0]  # (N,) red channel, pixels in [0, 1]
+        red = denormalize(ds.take(torch.arange(len(ds))), d.mean, d.std)[:, 0, 0, 0]  # (N,) red, pixels in [0, 1]
         assert torch.equal(ds.y, (red > 0.5).long())  # cat (red 200) is class 1
 
 

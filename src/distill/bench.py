@@ -13,19 +13,21 @@ import io
 import shlex
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distill.build import build_arch, build_methods, check_classes, frozen_teacher, load_data
-from distill.data import DataSplits
+from distill.build import build_methods, check_classes, load_data
+from distill.data import DataSplits, head
 from distill.engine import setup_methods
 from distill.errors import DistillError
 from distill.evaluate import model_metrics
 from distill.io import atomic_path, write_json, write_text
 from distill.methods import METHODS, MethodSet
 from distill.methods.ce import CE
+from distill.models import Keys
+from distill.plan import TeacherPart, plan_from_recipe
 from distill.recipe import Recipe, parse_value, recipe_from_dict
 from distill.report import DASH, collect_versions, git_sha
 from distill.run import Trained, obtain_teacher, train_role, train_student
@@ -122,13 +124,13 @@ def bench(recipe: Recipe, *, methods: str = "all", seeds: int = 1, method_args: 
     seed_list = list(range(recipe.seed, recipe.seed + seeds))
     data = load_data(recipe)
     plans, rows = _plan(recipe, data, names, args, root, log)
-    teacher = obtain_teacher(recipe.model_copy(update={"output_dir": str(root)}), data, resume=resume,
-                             log=lambda m: log(f"[teacher] {m}"))
+    base = plan_from_recipe(recipe.model_copy(update={"output_dir": str(root)}), data=data)
+    teacher = obtain_teacher(base, resume=resume, log=lambda m: log(f"[teacher] {m}"))
+    assert base.teacher is not None
     rows["teacher"] = Row("teacher")
-    _record(rows["teacher"], recipe.seed, Trained(frozen_teacher(teacher.model, recipe.teacher, data),
-                                                  teacher.history), data)
+    _record(rows["teacher"], recipe.seed, Trained(base.teacher.frozen(data), teacher.history), data, None)
     for seed in seed_list:
-        _bench_seed(recipe, seed, plans, rows, teacher, root, resume, log)
+        _bench_seed(recipe, seed, plans, rows, base.teacher, root, resume, log)
     return write_bench(root, list(rows.values()), command=command or f"distill bench (seeds {seed_list})",
                        recipe=recipe, seeds=seed_list, plans=plans)
 
@@ -136,9 +138,10 @@ def bench(recipe: Recipe, *, methods: str = "all", seeds: int = 1, method_args: 
 def _plan(recipe: Recipe, data: DataSplits, names: list[str], args: dict[str, dict[str, Any]], root: Path,
           log: Log) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Row]]:
     """Method lists per method name, checked by a dry run on the pair; failures become 'skipped' rows."""
-    student = build_arch(recipe.student, data, recipe.seed)
-    teacher = frozen_teacher(build_arch(recipe.teacher, data, recipe.seed), recipe.teacher, data)
-    check_classes(data, teacher=teacher, student=student)
+    pair = plan_from_recipe(recipe, data=data)
+    assert pair.teacher is not None
+    teacher = pair.teacher.frozen(data)
+    check_classes(data, {"student": pair.student_inputs}, teacher=teacher, student=pair.student)
     plans: dict[str, list[dict[str, Any]]] = {}
     rows = {"scratch": Row("scratch")}
     for name in names:
@@ -146,8 +149,8 @@ def _plan(recipe: Recipe, data: DataSplits, names: list[str], args: dict[str, di
         try:
             specs = method_specs(recipe, name, args)
             built = build_methods(run_recipe(recipe, recipe.seed, root, specs))
-            setup_methods(built, student, teacher, data.train.x[:2], num_samples=len(data.train),
-                          num_classes=data.num_classes)
+            setup_methods(built, pair.student, teacher, head(data.train, 2), num_samples=len(data.train),
+                          num_classes=data.num_classes, inputs=pair.student_inputs)
         except DistillError as e:
             rows[name].status = f"skipped: {_line(e)}"
             log(f"warning: {name} skipped: {_line(e)}")
@@ -157,34 +160,34 @@ def _plan(recipe: Recipe, data: DataSplits, names: list[str], args: dict[str, di
 
 
 def _bench_seed(recipe: Recipe, seed: int, plans: dict[str, list[dict[str, Any]]], rows: dict[str, Row],
-                teacher: Trained, root: Path, resume: bool, log: Log) -> None:
+                teacher: TeacherPart, root: Path, resume: bool, log: Log) -> None:
     """Scratch and every planned method for one seed; a method failing while training is marked failed."""
     data = load_data(recipe.model_copy(update={"seed": seed}))
-    frozen = frozen_teacher(teacher.model, recipe.teacher, data)
-    r = run_recipe(recipe, seed, root / "scratch" / f"seed{seed}", [{"name": "ce"}])
-    scratch = train_role("scratch", r, data, build_arch(r.student, data, seed), MethodSet([CE()]), r.train,
-                         data.labelled_train(), resume=resume, log=_tagged(log, "scratch", seed),
-                         epoch_size=len(data.train))
-    _record(rows["scratch"], seed, scratch, data)
+    frozen = teacher.frozen(data)
+    p = replace(plan_from_recipe(run_recipe(recipe, seed, root / "scratch" / f"seed{seed}", [{"name": "ce"}]),
+                                 data=data), teacher=teacher)
+    scratch = train_role("scratch", p, p.student, MethodSet([CE()]), p.train, data.labelled_train(), resume=resume,
+                         log=_tagged(log, "scratch", seed), epoch_size=len(data.train), inputs=p.student_inputs)
+    _record(rows["scratch"], seed, scratch, data, p.student_inputs)
     for name, specs in plans.items():
         if rows[name].status != "ok":
             continue
-        r = run_recipe(recipe, seed, root / name / f"seed{seed}", specs)
+        p = replace(plan_from_recipe(run_recipe(recipe, seed, root / name / f"seed{seed}", specs), data=data),
+                    teacher=teacher)
         try:
-            student = train_student(r, data, build_arch(r.student, data, seed), build_methods(r), frozen,
-                                    resume=resume, log=_tagged(log, name, seed))
+            student = train_student(p, frozen, resume=resume, log=_tagged(log, name, seed))
         except DistillError as e:
             rows[name].status = f"failed: {_line(e)}"
             log(f"warning: {name} failed (seed {seed}): {_line(e)}")
             continue
-        _record(rows[name], seed, student, data)
+        _record(rows[name], seed, student, data, p.student_inputs)
 
 
-def _record(row: Row, seed: int, trained: Trained, data: DataSplits) -> None:
+def _record(row: Row, seed: int, trained: Trained, data: DataSplits, inputs: Keys) -> None:
     """Test top-1 (last epoch / best-validation epoch) and mean seconds per epoch of one run."""
     main = [h for h in trained.history if h.get("stage", "main") == "main"] or None
-    m = model_metrics(trained.model, data.test.x, data.test.y, num_classes=data.num_classes, history=main,
-                      latency=False)
+    m = model_metrics(trained.model, data.test, data.test.y, num_classes=data.num_classes, history=main,
+                      latency=False, inputs=inputs)
     row.last[seed], row.best[seed] = float(m["top1_last"]), float(m["top1_best"])
     secs = [float(h["seconds"]) for h in trained.history if isinstance(h.get("seconds"), (int, float))]
     if secs:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from distill.data import Augment, DataSplits, build_data
+from distill.data import Augment, DataSplits, build_data, head
 from distill.errors import DistillError
 from distill.io import load_into, load_weights
 from distill.methods import METHODS, MethodSet
-from distill.models import FrozenTeacher, build_model
+from distill.models import FrozenTeacher, Keys, as_logits, build_model, feed
 from distill.recipe import ModelSpec, Recipe
 
 
@@ -23,7 +22,7 @@ def load_data(recipe: Recipe, *, label_budget: bool = True) -> DataSplits:
     d = recipe.data
     norm = d.normalize.pair() if d.normalize else None
     return build_data(d.name, seed=recipe.seed, labels_per_class=d.labels_per_class if label_budget else None,
-                      normalize=norm, **d.kwargs)
+                      normalize=norm, workers=d.workers, **d.kwargs)
 
 
 def build_augment(recipe: Recipe) -> Augment | None:
@@ -35,7 +34,7 @@ def build_augment(recipe: Recipe) -> Augment | None:
 def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
     """A freshly initialised model; the same seed gives the same initial weights."""
     torch.manual_seed(seed)
-    return build_model(spec.name, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+    return build_model(spec.name, num_classes=data.num_classes, input_shape=data.shape_for(spec.inputs),
                        **spec.kwargs)
 
 
@@ -60,27 +59,41 @@ def load_model_weights(model: nn.Module, path: str, role: str) -> Path:
 def frozen_teacher(model: nn.Module, spec: ModelSpec, data: DataSplits) -> FrozenTeacher:
     """Wrap a teacher: eval + no grad, and its own input normalisation when it differs from the student's."""
     teacher_norm = spec.normalize.pair() if spec.normalize else None
-    return FrozenTeacher(model, student_norm=(tuple(data.mean), tuple(data.std)), teacher_norm=teacher_norm)
+    return FrozenTeacher(model, student_norm=(tuple(data.mean), tuple(data.std)), teacher_norm=teacher_norm,
+                         inputs=spec.inputs)
 
 
-def output_classes(model: nn.Module, data: DataSplits) -> int:
+def output_classes(model: nn.Module, data: DataSplits, inputs: Keys = None, role: str = "model") -> int:
     """Number of classes a model outputs, from a dry run on two training samples."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(data.train.x[:2])
+            out = feed(model, head(data.train, 2), inputs, role)
+    except DistillError:
+        raise
     except Exception as e:  # a model that cannot take this data's shape
-        raise DistillError(f"{type(model).__name__} cannot run on {data.name} inputs of shape "
-                           f"{tuple(data.input_shape)}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DistillError(f"{role} ({type(model).__name__}) cannot run on {data.name} inputs of shape "
+                           f"{_shape_text(data.input_shape)}: {first}") from None
     finally:
         model.train(was)
-    return int(out.shape[-1])
+    logits = as_logits(out)
+    if logits.ndim != 2 or logits.shape[0] != min(2, len(data.train)):
+        raise DistillError(f"{role} ({type(model).__name__}) returned a tensor of shape {tuple(logits.shape)} for a "
+                           f"batch of {min(2, len(data.train))}; expected logits (batch, num_classes)")
+    return int(logits.shape[-1])
 
 
-def check_classes(data: DataSplits, **models: nn.Module) -> None:
-    """Every model must output the dataset's number of classes; teacher vs student mismatches are named."""
-    counts = {role: output_classes(m, data) for role, m in models.items()}
+def _shape_text(shape: Any) -> str:
+    return str({k: tuple(v) for k, v in shape.items()}) if isinstance(shape, dict) else str(tuple(shape))
+
+
+def check_classes(data: DataSplits, inputs: dict[str, Keys] | None = None, **models: nn.Module) -> None:
+    """Every model must output the dataset's number of classes; teacher vs student mismatches are named.
+    ``inputs`` maps a role to the keys of a dict input it reads."""
+    keys = inputs or {}
+    counts = {role: output_classes(m, data, keys.get(role), role) for role, m in models.items()}
     if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
         raise DistillError(f"teacher and student disagree on the number of classes: teacher outputs "
                            f"{counts['teacher']}, student outputs {counts['student']} "
@@ -97,13 +110,8 @@ def build_methods(recipe: Recipe) -> MethodSet:
 
 
 def fingerprint(recipe: Recipe, role: str) -> str:
-    """Identity of a role's training: resuming is refused when anything that shapes it changed."""
-    keep = {"teacher": {"seed", "data", "teacher", "train", "device"},
-            "scratch": {"seed", "data", "student", "train", "device"}}.get(role)
-    body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
-    if body["data"].get("augment") is None:  # recipes without augmentation keep the fingerprints they had
-        body["data"].pop("augment", None)
-    if keep is not None:
-        body = {k: v for k, v in body.items() if k in keep}
-    body["role"] = role
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    """Identity of a role's training under a recipe (see ``distill.plan.fingerprint``)."""
+    from distill.plan import fingerprint as identity_fingerprint
+    from distill.plan import recipe_identity
+
+    return identity_fingerprint(recipe_identity(recipe), role)

@@ -11,6 +11,7 @@ from distill.build import build_arch, check_classes, frozen_teacher, load_data, 
 from distill.engine.checkpoint import strip_prefix
 from distill.errors import DistillError
 from distill.io import load_into, load_weights
+from distill.plan import plan_from_recipe
 from distill.recipe import Recipe, parse_value
 
 
@@ -34,8 +35,7 @@ def train_teacher(recipe: Recipe, *, resume: bool = False) -> Path:
     if recipe.teacher.weights:
         raise DistillError(f"teacher.weights is set ({recipe.teacher.weights}): nothing to train")
     with distributed(recipe.device):
-        data = load_data(recipe)
-        trained = obtain_teacher(recipe, data, resume=resume, log=main_log(print))
+        trained = obtain_teacher(plan_from_recipe(recipe), resume=resume, log=main_log(print))
     assert trained.weights is not None
     return trained.weights.resolve()
 
@@ -54,15 +54,16 @@ def evaluate_weights(recipe: Recipe, checkpoint: str, *, role: str = "student") 
         load_into(model, strip_prefix(load_weights(path / "weights.safetensors"), "model."), str(path))
     else:
         load_model_weights(model, checkpoint, "--checkpoint")
-    check_classes(data, **{role: model})
+    check_classes(data, {role: spec.inputs}, **{role: model})
     teacher_logits = None
     if role == "student" and recipe.teacher is not None and recipe.teacher.weights:
         teacher = build_arch(recipe.teacher, data, recipe.seed)
         load_model_weights(teacher, recipe.teacher.weights, "teacher")
-        teacher_logits = predict(frozen_teacher(teacher, recipe.teacher, data), data.test.x)
-    if role == "teacher" and spec.normalize is not None:
-        model = frozen_teacher(model, spec, data)
-    metrics = model_metrics(model, data.test.x, data.test.y, num_classes=data.num_classes,
+        teacher_logits = predict(frozen_teacher(teacher, recipe.teacher, data), data.test)
+    keys = spec.inputs
+    if role == "teacher":
+        model, keys = frozen_teacher(model, spec, data), None
+    metrics = model_metrics(model, data.test, data.test.y, num_classes=data.num_classes, inputs=keys,
                             teacher_logits=teacher_logits, weights_path=path if path.is_file() else None,
                             latency=recipe.eval.latency)
     return {"checkpoint": str(path), "role": role, **metrics}
@@ -82,7 +83,7 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
             raise DistillError(f"{target} has no '{role}' section")
         data = load_data(recipe, label_budget=False)
         model = build_arch(spec, data, recipe.seed)
-        shape = tuple(data.input_shape)
+        shape = data.shape_for(spec.inputs)
     else:
         args = dict(_kv(item) for item in kwargs)
         shape = _shape(input_shape)
@@ -132,16 +133,13 @@ def _build_cache(recipe: Recipe) -> str:
 
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section: there is nothing to cache")
-    data = load_data(recipe)
+    plan = plan_from_recipe(recipe)
     log = main_log(print)
-    teacher = obtain_teacher(recipe, data, resume=True, log=log)
-    frozen = frozen_teacher(teacher.model, recipe.teacher, data)
-    check_classes(data, teacher=frozen)
-    from distill.build import build_augment, build_methods
-
-    cache = obtain_cache(recipe, data, frozen, build_methods(recipe), augment=build_augment(recipe), rebuild=True,
-                         log=log)
-    return summary(cache)
+    obtain_teacher(plan, resume=True, log=log)
+    assert plan.teacher is not None
+    frozen = plan.teacher.frozen(plan.data)
+    check_classes(plan.data, teacher=frozen)
+    return summary(obtain_cache(plan, frozen, rebuild=True, log=log))
 
 
 def verify_cache(path: str, recipe_path: str | None, overrides: list[str]) -> str:
@@ -154,7 +152,6 @@ def verify_cache(path: str, recipe_path: str | None, overrides: list[str]) -> st
         if overrides:
             raise DistillError("overrides need --recipe")
         return summary(open_cache(Path(path)))
-    from distill.build import build_methods
     from distill.cache.plan import fingerprint_for
     from distill.recipe import load_recipe
     from distill.run import obtain_teacher
@@ -162,7 +159,7 @@ def verify_cache(path: str, recipe_path: str | None, overrides: list[str]) -> st
     recipe = load_recipe(recipe_path, overrides)
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section")
-    data = load_data(recipe)
-    teacher = obtain_teacher(recipe, data, resume=True, log=lambda _: None)
-    frozen = frozen_teacher(teacher.model, recipe.teacher, data)
-    return summary(open_cache(Path(path), fingerprint_for(recipe, frozen, data, build_methods(recipe))))
+    plan = plan_from_recipe(recipe)
+    obtain_teacher(plan, resume=True, log=lambda _: None)
+    assert plan.teacher is not None
+    return summary(open_cache(Path(path), fingerprint_for(plan, plan.teacher.frozen(plan.data))))

@@ -53,21 +53,42 @@ def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
     return p.device if p is not None else fallback
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Logits (N, C) of ``model`` on ``x``, computed in eval mode in batches of ``batch_size``.
+def _chunks(data: Any, batch_size: int) -> Iterator[Any]:
+    """Input batches of a tensor, a dict of tensors or a split (in memory or streamed), in order."""
+    if isinstance(data, Tensor):
+        yield from (data[i:i + batch_size] for i in range(0, len(data), batch_size))
+    elif isinstance(data, dict):
+        from distill.data.base import rows_of, take_rows
 
-    Batches are moved to the model's device; the result is float32 on ``x``'s device. The model's
-    previous train/eval mode is restored afterwards.
+        n = rows_of(data)
+        yield from (take_rows(data, torch.arange(i, min(n, i + batch_size))) for i in range(0, n, batch_size))
+    else:
+        from distill.data.stream import batches
+
+        yield from (x for _, x in batches(data, batch_size))
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Any, batch_size: int = 1000, inputs: Any = None) -> Tensor:
+    """Logits (N, C) of ``model`` on ``data``, computed in eval mode in batches of ``batch_size``.
+
+    ``data``: a (N, ...) tensor, a dict of them, or a split (``ArrayDataset`` / ``StreamDataset``); ``inputs``:
+    the keys of a dict input the model reads (``distill.models.Keys``). Batches move to the model's device;
+    the result is float32 on the CPU. The model's previous train/eval mode is restored afterwards.
     """
+    from distill.models.teacher import feed
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device_of(model, x.device)
+    device = _device_of(model, torch.device("cpu"))
     outs = []
     with _eval_mode(model):
-        for start in range(0, len(x), batch_size):
-            out = _logits_of(model(x[start:start + batch_size].to(device)))
-            outs.append(out.float().to(x.device))
+        for x in _chunks(data, batch_size):
+            outs.append(_logits_of(feed(model, _to(x, device), inputs)).float().cpu())
     if not outs:
         raise ValueError("predict() needs at least one input")
     return torch.cat(outs)
@@ -116,28 +137,33 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def latency_ms(model: nn.Module, sample: Tensor, batch_size: int, *, repeats: int = 10, warmup: int = 2,
-               budget_s: float = 3.0) -> float:
+def latency_ms(model: nn.Module, sample: Any, batch_size: int, *, repeats: int = 10, warmup: int = 2,
+               budget_s: float = 3.0, inputs: Any = None) -> float:
     """Median wall time in ms of one forward pass at ``batch_size``.
 
-    ``sample`` is one input (1, ...), expanded to the batch. Runs under ``torch.inference_mode`` in eval
-    mode (previous mode restored). Stops early once ``budget_s`` seconds have passed, but only after at
-    least 3 timings (or ``repeats`` if fewer), so slow models on CPU do not stall a run.
+    ``sample`` is one input (1, ...) (or a dict of them, read through ``inputs``), expanded to the batch.
+    Runs under ``torch.inference_mode`` in eval mode (previous mode restored). Stops early once ``budget_s``
+    seconds have passed, but only after at least 3 timings (or ``repeats`` if fewer), so slow models on CPU
+    do not stall a run.
     """
-    if sample.shape[0] != 1:
-        sample = sample[:1]
-    device = _device_of(model, sample.device)
-    batch = sample.to(device).expand(batch_size, *sample.shape[1:]).contiguous()
+    from distill.models.teacher import feed
+
+    device = _device_of(model, torch.device("cpu"))
+
+    def expand(t: Tensor) -> Tensor:
+        return t[:1].to(device).expand(batch_size, *t.shape[1:]).contiguous()
+
+    batch = {k: expand(v) for k, v in sample.items()} if isinstance(sample, dict) else expand(sample)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings: list[float] = []
     start = time.perf_counter()
     with _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
-            model(batch)
+            feed(model, batch, inputs)
         sync()
         for _ in range(max(repeats, 1)):
             t0 = time.perf_counter()
-            model(batch)
+            feed(model, batch, inputs)
             sync()  # CUDA is asynchronous: wait, or we time the launch only
             timings.append(time.perf_counter() - t0)
             if time.perf_counter() - start > budget_s and len(timings) >= min(3, repeats):
@@ -163,7 +189,7 @@ def _from_history(history: list[dict]) -> tuple[float | None, float | None, int 
     return last, best.get("test_top1"), best.get("epoch")
 
 
-def model_metrics(model: nn.Module, test_x: Tensor, test_y: Tensor, *, num_classes: int,
+def model_metrics(model: nn.Module, test_x: Any, test_y: Tensor, *, num_classes: int, inputs: Any = None,
                   teacher_logits: Tensor | None = None, weights_path: str | Path | None = None,
                   history: list[dict] | None = None, latency: bool = True) -> dict[str, float | int | None]:
     """All report metrics of one model on the test set.
@@ -177,7 +203,7 @@ def model_metrics(model: nn.Module, test_x: Tensor, test_y: Tensor, *, num_class
     the highest val_top1 (earliest on ties). Without history, top1_last = top1_best = top1 and best_epoch
     is None.
     """
-    logits = predict(model, test_x)
+    logits = predict(model, test_x, inputs=inputs)
     top1 = topk_accuracy(logits, test_y, 1)
     top1_last: float | None = top1
     top1_best: float | None = top1
@@ -185,7 +211,12 @@ def model_metrics(model: nn.Module, test_x: Tensor, test_y: Tensor, *, num_class
     if history:
         last, top1_best, best_epoch = _from_history(history)
         top1_last = top1 if last is None else last
-    sample = test_x[:1]
+    from distill.data.stream import head
+
+    if isinstance(test_x, (Tensor, dict)):
+        sample = {k: v[:1] for k, v in test_x.items()} if isinstance(test_x, dict) else test_x[:1]
+    else:
+        sample = head(test_x, 1)
     return {
         "top1": top1,
         "top1_last": top1_last,
@@ -196,6 +227,6 @@ def model_metrics(model: nn.Module, test_x: Tensor, test_y: Tensor, *, num_class
         "ece": expected_calibration_error(logits, test_y),
         "params": count_params(model),
         "size_bytes": os.path.getsize(weights_path) if weights_path is not None else None,
-        "latency_ms_b1": latency_ms(model, sample, 1) if latency else None,
-        "latency_ms_b256": latency_ms(model, sample, 256) if latency else None,
+        "latency_ms_b1": latency_ms(model, sample, 1, inputs=inputs) if latency else None,
+        "latency_ms_b256": latency_ms(model, sample, 256, inputs=inputs) if latency else None,
     }

@@ -97,12 +97,14 @@ class DataSpec(_Open):
     eval_batch_size: int = Field(1000, ge=1)
     normalize: NormSpec | None = None
     augment: AugmentSpec | None = None
+    workers: int | None = Field(None, ge=0)  # DataLoader workers for streamed datasets (default: 2)
 
 
 class ModelSpec(_Open):
     weights: str | None = None
     normalize: NormSpec | None = None
     train: TrainSpec | None = None
+    inputs: str | list[str] | None = None  # dict inputs: the key(s) this model reads (default: the whole input)
 
 
 class MethodSpec(_Open):

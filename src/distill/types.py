@@ -16,7 +16,9 @@ UNLABELLED = -1
 class Batch:
     """One mini-batch.
 
-    input:  (B, ...) float tensor, already normalised for the student.
+    input:  (B, ...) float tensor, already normalised for the student; or a dict of named (B, ...) tensors
+            (several fields of each sample: token ids and mask, or one field per modality), from which each
+            model reads the keys its spec names.
     target: (B,) long tensor; ``UNLABELLED`` (-1) marks transfer-set samples.
     index:  (B,) long tensor of dataset indices (CRD-style methods need them).
     extras: anything else a method may ask for by name.
@@ -24,7 +26,7 @@ class Batch:
             augmentation): with ``index`` it names the teacher-cache rows that labelled exactly this input.
     """
 
-    input: Tensor
+    input: Tensor | dict[str, Tensor]
     target: Tensor
     index: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
@@ -38,7 +40,8 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         """Move tensors to ``device`` (non-blocking where possible)."""
         move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
-        return Batch(move(self.input), move(self.target), move(self.index),
+        x = {k: move(v) for k, v in self.input.items()} if isinstance(self.input, dict) else move(self.input)
+        return Batch(x, move(self.target), move(self.index),
                      {k: move(v) for k, v in self.extras.items()}, self.view)
 
 

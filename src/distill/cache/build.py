@@ -36,7 +36,31 @@ def hash_tensors(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], inputs: Tensor,
+STREAM_PROBES = 64
+
+
+def dataset_hash(data: Any) -> str:
+    """sha256 identifying a training split's inputs. In memory: every byte. Streamed (data larger than memory):
+    the source's type, its length, the targets and the inputs of 64 evenly spaced items, so that checking a
+    cache does not read the whole dataset; a dataset whose files change in place unseen by those probes needs
+    its cache rebuilt by hand (``distill cache build``)."""
+    from distill.data.stream import StreamDataset
+
+    if isinstance(data, Tensor):
+        return hash_tensors({"x": data})
+    if not isinstance(data, StreamDataset):
+        x = data.x
+        return hash_tensors({f"x.{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x})
+    n = len(data)
+    probes = torch.linspace(0, n - 1, min(n, STREAM_PROBES)).round().long().unique()
+    x = data.take(probes)
+    h = hashlib.sha256(f"{type(data.source).__module__}.{type(data.source).__qualname__}|{n}|".encode())
+    h.update(hash_tensors({"rows": data.rows, "y": data.y}).encode())
+    h.update(hash_tensors({f"x.{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}).encode())
+    return h.hexdigest()
+
+
+def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], inputs: Any,
                       augment: dict[str, Any] | None, views: int, k: int, dtype: str,
                       temperatures: list[float]) -> dict[str, Any]:
     """Everything the cached values depend on, as a flat JSON-able dict (compared key by key)."""
@@ -44,8 +68,8 @@ def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], input
     return {
         "teacher_weights": hash_tensors(state),
         "teacher_spec": teacher_spec,
-        "dataset": hash_tensors({"x": inputs}),
-        "num_samples": int(inputs.shape[0]),
+        "dataset": dataset_hash(inputs),
+        "num_samples": len(inputs),
         "transforms": augment,
         "views": views,
         "k": k,
@@ -55,7 +79,7 @@ def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], input
 
 
 @torch.no_grad()
-def _teacher_rows(teacher: nn.Module, x: Tensor, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
+def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long."""
     logits = teacher(x).float()  # (B, C)
     values, indices = logits.topk(k, dim=1)  # sorted, largest first
@@ -63,18 +87,25 @@ def _teacher_rows(teacher: nn.Module, x: Tensor, k: int, temps: list[float]) -> 
     return values, indices, lse
 
 
-def build_cache(path: Path, *, teacher: nn.Module, inputs: Tensor, fingerprint: dict[str, Any],
+def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dict[str, Any],
                 augment: Any = None, batch_size: int = 1000, device: str = "cpu",
                 log: Any = print) -> TeacherCache:
-    """Run ``teacher`` once over ``inputs`` (N, ...) for every view, store top-k logits, open the result.
+    """Run ``teacher`` once over ``inputs`` (a (N, ...) tensor, or a split) for every view, store top-k logits,
+    open the result.
 
     ``augment(x, index, view)`` (a ``distill.data.augment.Augment``) makes view ``v``'s inputs; without it
     there is one view. The teacher should already be in eval mode (a FrozenTeacher is).
     """
+    from distill.data import ArrayDataset, batches, head
+    from distill.types import Batch
+
     fp = fingerprint
-    n, views, k, temps = int(inputs.shape[0]), int(fp["views"]), int(fp["k"]), list(fp["temperatures"])
+    if isinstance(inputs, Tensor):
+        inputs = ArrayDataset(inputs, torch.zeros(len(inputs), dtype=torch.int64))
+    n, views, k, temps = len(inputs), int(fp["views"]), int(fp["k"]), list(fp["temperatures"])
     val_dtype = np.float16 if fp["dtype"] == "fp16" else np.float32
-    classes = _num_classes(teacher, inputs[:1].to(device))
+    on = lambda x: Batch(x, torch.zeros(0), torch.zeros(0)).to(device).input  # noqa: E731  (tensor or dict)
+    classes = _num_classes(teacher, on(head(inputs, 1)))
     if k > classes:
         raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
     idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
@@ -86,13 +117,12 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Tensor, fingerprint: 
             stop = min(n, start + MAX_SHARD_ROWS)
             out = {"values": np.empty((stop - start, k), val_dtype), "indices": np.empty((stop - start, k), idx_dtype),
                    "lse": np.empty((stop - start, len(temps)), np.float32)}
-            for b in range(start, stop, batch_size):
-                index = torch.arange(b, min(stop, b + batch_size))  # (B,)
-                x = inputs[index]
+            for index, x in batches(inputs, batch_size, start, stop):  # index (B,)
                 if augment is not None:
                     x = augment(x, index, v)
-                rows = _teacher_rows(teacher, x.to(device), k, temps)
+                rows = _teacher_rows(teacher, on(x), k, temps)
                 _check_storable(rows[0], val_dtype, int(index[0]))
+                b = int(index[0])
                 for f, t in zip(("values", "indices", "lse"), rows):
                     out[f][b - start: b - start + len(index)] = t.cpu().numpy()
             arrays.update({shard_name(v, s, f): a for f, a in out.items()})
@@ -122,7 +152,7 @@ def _check_storable(values: Tensor, dtype: Any, first_row: int) -> None:
                            "usually mean diverged training or BatchNorm statistics from too few steps)")
 
 
-def _num_classes(teacher: nn.Module, x: Tensor) -> int:
+def _num_classes(teacher: nn.Module, x: Any) -> int:
     with torch.no_grad():
         return int(teacher(x).shape[1])
 

@@ -1,4 +1,4 @@
-"""When a run uses the teacher cache, and obtaining it (open, or build) for a recipe.
+"""When a run uses the teacher cache, and obtaining it (open, or build) for a plan.
 
 ``cache.mode``:
 - ``auto`` (default): use the cache when every teacher-using method needs only teacher logits (and, with
@@ -23,104 +23,100 @@ from torch import nn
 
 from distill.cache.build import build_cache, cache_fingerprint, open_cache
 from distill.cache.store import TeacherCache
-from distill.data import DataSplits
 from distill.engine.dist import everywhere, local_device, on_main
 from distill.errors import DistillError, StaleCacheError
 from distill.methods.base import MethodSet
-from distill.recipe import Recipe
+from distill.plan import Plan
 
 Log = Callable[[str], None]
 
 
-def cache_path(recipe: Recipe) -> Path:
-    """Where the recipe's cache lives: ``cache.path``, else ``<output_dir>/cache``."""
-    return Path(recipe.cache.path) if recipe.cache.path else recipe.out / "cache"
+def cache_path(plan: Plan) -> Path:
+    """Where the plan's cache lives: ``cache.path``, else ``<output_dir>/cache``."""
+    return Path(plan.cache.path) if plan.cache.path else plan.out / "cache"
 
 
-def effective_k(recipe: Recipe, num_classes: int) -> int:
+def effective_k(plan: Plan, num_classes: int) -> int:
     """``cache.k`` as a number of classes (``all`` -> C; never more than C)."""
-    k = recipe.cache.k
+    k = plan.cache.k
     return num_classes if k == "all" else min(int(k), num_classes)
 
 
-def _augmenting(recipe: Recipe) -> bool:
-    """True when ``data.augment`` changes the inputs (not absent, not the identity)."""
-    aug = recipe.data.augment
-    return aug is not None and (aug.shift > 0 or aug.flip)
+def _augmenting(plan: Plan) -> bool:
+    """True when the training augmentation changes the inputs (not absent, not the identity)."""
+    return plan.augment is not None and not plan.augment.identity
 
 
-def cache_views(recipe: Recipe) -> int:
+def cache_views(plan: Plan) -> int:
     """Views stored per sample: 1 without augmentation, else ``cache.views`` (required then)."""
-    if not _augmenting(recipe):
+    if not _augmenting(plan):
         return 1
-    if recipe.cache.views is None:
+    if plan.cache.views is None:
         raise DistillError("cache.views: set how many augmented views per sample the cache stores "
                            "(the data has random augmentation, data.augment)")
-    return recipe.cache.views
+    return plan.cache.views
 
 
-def why_not_cached(recipe: Recipe, methods: MethodSet, num_classes: int) -> str | None:
+def why_not_cached(plan: Plan, methods: MethodSet, num_classes: int) -> str | None:
     """None when the run can train from the cache, else the reason it cannot (one phrase)."""
-    if recipe.cache.mode == "off":
+    if plan.cache.mode == "off":
         return "cache.mode is off"
-    if recipe.teacher is None or not methods.needs_teacher:
+    if plan.teacher is None or not methods.needs_teacher:
         return "no method needs the teacher"
     if names := methods.live_teacher_methods():
         return f"{', '.join(names)} need(s) the live teacher's features"
-    k = effective_k(recipe, num_classes)
+    k = effective_k(plan, num_classes)
     if dense_only := methods.without_topk(num_classes, k):
         return f"{', '.join(dense_only)} need(s) every teacher logit but cache.k={k} < {num_classes} classes"
-    if _augmenting(recipe) and recipe.cache.views is None:
+    if _augmenting(plan) and plan.cache.views is None:
         return "data.augment is on but cache.views (augmented views stored per sample) is not set"
     return None
 
 
-def fingerprint_for(recipe: Recipe, teacher: nn.Module, data: DataSplits, methods: MethodSet) -> dict[str, Any]:
-    """The cache fingerprint this recipe's run expects."""
-    # the weights' content is hashed below; where they were loaded from does not matter
-    spec = recipe.teacher.model_dump(mode="json", exclude={"train", "weights"}) if recipe.teacher else {}
-    aug = recipe.data.augment.model_dump(mode="json") if recipe.data.augment else None
-    return cache_fingerprint(teacher=teacher, teacher_spec=spec, inputs=data.train.x, augment=aug,
-                             views=cache_views(recipe), k=effective_k(recipe, data.num_classes),
-                             dtype=recipe.cache.dtype, temperatures=methods.cache_temperatures())
+def fingerprint_for(plan: Plan, teacher: nn.Module, methods: MethodSet | None = None) -> dict[str, Any]:
+    """The cache fingerprint this plan's run expects (the weights' content is hashed, not where they came from)."""
+    methods = plan.methods if methods is None else methods
+    spec = plan.teacher.spec if plan.teacher else {}
+    aug = plan.augment.spec() if plan.augment is not None else None
+    return cache_fingerprint(teacher=teacher, teacher_spec=spec, inputs=plan.data.train, augment=aug,
+                             views=cache_views(plan), k=effective_k(plan, plan.data.num_classes),
+                             dtype=plan.cache.dtype, temperatures=methods.cache_temperatures())
 
 
-def prepare_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module | None, methods: MethodSet, *,
-                  augment: Any = None, log: Log = print) -> TeacherCache | None:
+def prepare_cache(plan: Plan, teacher: nn.Module | None, *, log: Log = print) -> TeacherCache | None:
     """The opened cache this run trains from, or None for a live teacher (with a log line saying why)."""
-    reason = why_not_cached(recipe, methods, data.num_classes)
+    reason = why_not_cached(plan, plan.methods, plan.data.num_classes)
     if reason is not None:
-        if recipe.cache.mode == "required":
+        if plan.cache.mode == "required":
             raise DistillError(f"cache.mode is required but the teacher cache cannot be used: {reason}")
-        if recipe.cache.mode == "auto" and methods.needs_teacher:
+        if plan.cache.mode == "auto" and plan.methods.needs_teacher:
             log(f"cache: live teacher ({reason})")
         return None
     assert teacher is not None
-    return obtain_cache(recipe, data, teacher, methods, augment=augment, log=log)
+    return obtain_cache(plan, teacher, log=log)
 
 
-def obtain_cache(recipe: Recipe, data: DataSplits, teacher: nn.Module, methods: MethodSet, *,
-                 augment: Any = None, rebuild: bool = False, log: Log = print) -> TeacherCache:
-    """Open the recipe's cache if it is current, else build it (see the module doc for stale caches)."""
-    path = cache_path(recipe)
-    fp = fingerprint_for(recipe, teacher, data, methods)
-    main = on_main(partial(_open_or_build, recipe, data, teacher, path, fp, augment=augment, rebuild=rebuild, log=log))
+def obtain_cache(plan: Plan, teacher: nn.Module, *, rebuild: bool = False, log: Log = print) -> TeacherCache:
+    """Open the plan's cache if it is current, else build it (see the module doc for stale caches)."""
+    path = cache_path(plan)
+    fp = fingerprint_for(plan, teacher)
+    main = on_main(partial(_open_or_build, plan, teacher, path, fp, rebuild=rebuild, log=log))
     # on_main returned once rank 0 is done: the other ranks open what it validated or built, read-only
     return everywhere(lambda: main if main is not None else open_cache(path, fp))
 
 
-def _open_or_build(recipe: Recipe, data: DataSplits, teacher: nn.Module, path: Path, fp: dict[str, Any], *,
-                   augment: Any, rebuild: bool, log: Log) -> TeacherCache:
+def _open_or_build(plan: Plan, teacher: nn.Module, path: Path, fp: dict[str, Any], *, rebuild: bool,
+                   log: Log) -> TeacherCache:
     if not rebuild and (path / "manifest.json").is_file():
         try:
             cache = open_cache(path, fp)
             log(f"cache: using {path} (k={cache.k}, {cache.views} view(s))")
             return cache
         except StaleCacheError as e:
-            if recipe.cache.path is not None or recipe.cache.mode != "auto":
+            if plan.cache.path is not None or plan.cache.mode != "auto":
                 raise  # a cache the user placed or requires is never replaced behind their back
             log(f"cache: rebuilding {path}, it is stale: {e.diff}")
-    device = local_device(recipe.device)
-    return build_cache(path, teacher=teacher.to(device), inputs=data.train.x, fingerprint=fp, augment=augment,
-                       batch_size=recipe.data.eval_batch_size, device=device, log=log)
-
+    device = local_device(plan.device)
+    return build_cache(path, teacher=teacher.to(device), inputs=plan.data.train, fingerprint=fp,
+                       augment=plan.augment if _augmenting(plan) else None, batch_size=plan.eval_batch_size,
+                       device=device, log=log)

@@ -12,13 +12,14 @@ from distill.data.base import (
     DataSplits,
     RawSplits,
     apply_label_budget,
-    build_data,
     channel_stats,
     denormalize,
     normalize,
     stratified_split,
 )
 from distill.data.loader import BatchLoader
+from distill.data.splits import build_data, python_data
+from distill.data.stream import StreamDataset, as_split, batches, head
 
 __all__ = [
     "DATASETS",
@@ -27,6 +28,11 @@ __all__ = [
     "BatchLoader",
     "DataSplits",
     "RawSplits",
+    "StreamDataset",
+    "as_split",
+    "batches",
+    "head",
+    "python_data",
     "apply_label_budget",
     "build_data",
     "channel_stats",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,27 +17,55 @@ from distill.types import UNLABELLED
 Stats = tuple[float, ...]
 
 
+Input = Tensor | dict[str, Tensor]
+"""A batch's input: one tensor (B, ...), or named tensors that all have B rows (several fields of a sample)."""
+
+
+def take_rows(x: Input, index: Tensor) -> Input:
+    """Rows ``index`` (K,) of an input: ``x[index]``, field by field for a dict."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def rows_of(x: Input) -> int:
+    """N, the number of rows of an input (every field of a dict must agree)."""
+    sizes = {k: int(v.shape[0]) for k, v in x.items()} if isinstance(x, dict) else {"x": int(x.shape[0])}
+    if len(set(sizes.values())) > 1:
+        raise DistillError(f"input fields disagree on the number of samples: {sizes}")
+    if not sizes:
+        raise DistillError("a dict input needs at least one field")
+    return next(iter(sizes.values()))
+
+
 @dataclass
 class ArrayDataset:
-    """A whole split held in memory.
+    """A whole split held in memory (the fast path: batches are gathered by index, no DataLoader).
 
-    x: (N, *input_shape) float32.
+    x: (N, *input_shape) float32, or a dict of named (N, ...) tensors (several fields per sample).
     y: (N,) int64; ``UNLABELLED`` (-1) marks transfer-set samples.
     """
 
-    x: Tensor
+    x: Input
     y: Tensor
 
     def __post_init__(self) -> None:
-        if self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"x {tuple(self.x.shape)} and y {tuple(self.y.shape)} disagree on N")
+        if self.y.ndim != 1 or rows_of(self.x) != self.y.shape[0]:
+            shape = {k: tuple(v.shape) for k, v in self.x.items()} if isinstance(self.x, dict) else tuple(self.x.shape)
+            raise ValueError(f"x {shape} and y {tuple(self.y.shape)} disagree on N")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def take(self, index: Tensor) -> Input:
+        """The inputs of rows ``index`` (K,), batched."""
+        return take_rows(self.x, index)
+
     def subset(self, index: Tensor) -> ArrayDataset:
         """Rows ``index`` (a (K,) long tensor) as a new dataset."""
-        return ArrayDataset(self.x[index], self.y[index])
+        return ArrayDataset(take_rows(self.x, index), self.y[index])
+
+    def with_targets(self, y: Tensor) -> ArrayDataset:
+        """The same inputs with other targets (e.g. every label, without the label budget)."""
+        return ArrayDataset(self.x, y)
 
 
 @dataclass
@@ -55,26 +84,44 @@ class RawSplits:
 
 @dataclass
 class DataSplits:
-    """Ready-to-train splits. ``mean``/``std`` have already been applied to ``x`` of every split;
-    ``train.y`` is ``UNLABELLED`` for transfer samples outside the label budget."""
+    """Ready-to-train splits. ``mean``/``std`` have already been applied to the inputs of every split;
+    ``train.y`` is ``UNLABELLED`` for transfer samples outside the label budget, ``full_y`` keeps every label.
 
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
+    Each split is an in-memory ``ArrayDataset`` (the fast path) or a ``StreamDataset`` read item by item through
+    a DataLoader. ``input_shape`` is per sample; for dict inputs it maps each field to its shape.
+    """
+
+    train: Any
+    val: Any
+    test: Any
     num_classes: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
     mean: Stats
     std: Stats
     name: str
     class_names: tuple[str, ...] | None = None
+    full_y: Tensor | None = None
 
-    def labelled_train(self) -> ArrayDataset:
+    def labelled_train(self) -> Any:
         """Only the labelled part of train: what a student trained from scratch sees."""
         keep = (self.train.y != UNLABELLED).nonzero().squeeze(1)  # (K,)
         return self.train.subset(keep)
 
+    def teacher_train(self) -> Any:
+        """The training split with every label: a teacher trained here is not bound by the label budget."""
+        return self.train if self.full_y is None else self.train.with_targets(self.full_y)
 
-DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset")
+    def shape_for(self, keys: str | list[str] | None) -> tuple[int, ...]:
+        """The per-sample input shape a model reading ``keys`` sees (zoo models are built for it)."""
+        if not isinstance(self.input_shape, dict):
+            return tuple(self.input_shape)
+        if isinstance(keys, str) and keys in self.input_shape:
+            return tuple(self.input_shape[keys])
+        raise DistillError(f"dataset '{self.name}' has dict inputs {sorted(self.input_shape)}: a zoo model must "
+                           "read one of them (set the model's 'inputs' to a key)")
+
+
+DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset", "distill.datasets", adapt="distill.extend:_dataset")
 
 
 def _stat_shape(x: Tensor, n: int) -> tuple[int, ...]:
@@ -213,40 +260,3 @@ def _resolve_norm(raw: RawSplits, normalize_arg: tuple | None, channels: int) ->
     if any(s <= 0 for s in std):
         raise DistillError(f"data.normalize: std values must be > 0, got {list(std)}")
     return mean, std
-
-
-def build_data(
-    name: str,
-    *,
-    seed: int = 0,
-    labels_per_class: int | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-    **kwargs: object,
-) -> DataSplits:
-    """Build the registered dataset ``name``: load it, apply the label budget to train (seeded by
-    ``seed``) and normalise every split with ``normalize`` or the dataset's default stats."""
-    builder = DATASETS.get(name)
-    _check_kwargs(name, builder, kwargs)
-    raw = builder(seed=seed, **kwargs)
-    _check_labels(name, raw)
-    input_shape = tuple(raw.train.x.shape[1:])
-    channels = input_shape[0] if len(input_shape) >= 2 else 1
-    mean, std = _resolve_norm(raw, normalize, channels)
-    y = raw.train.y.clone()  # never touch the builder's (possibly cached) tensors
-    if labels_per_class is not None:
-        y = apply_label_budget(y, raw.num_classes, labels_per_class, seed)
-    return DataSplits(
-        train=ArrayDataset(_norm(raw.train.x, mean, std), y),
-        val=ArrayDataset(_norm(raw.val.x, mean, std), raw.val.y.clone()),
-        test=ArrayDataset(_norm(raw.test.x, mean, std), raw.test.y.clone()),
-        num_classes=raw.num_classes,
-        input_shape=input_shape,
-        mean=mean,
-        std=std,
-        name=name,
-        class_names=raw.class_names,
-    )
-
-
-# ``build_data``'s ``normalize`` argument shadows the function inside it.
-_norm = normalize

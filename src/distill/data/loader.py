@@ -1,10 +1,11 @@
-"""``BatchLoader``: mini-batches of an in-memory ``ArrayDataset`` with resume-safe shuffling and replayable
-augmentation views."""
+"""``BatchLoader``: mini-batches of a split (in-memory ``ArrayDataset`` or streamed ``StreamDataset``) with
+resume-safe shuffling, rank sharding and replayable augmentation views."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,14 +13,17 @@ from torch import Tensor
 
 from distill.data.augment import Augment
 from distill.data.base import ArrayDataset
+from distill.data.stream import StreamDataset
 from distill.errors import DistillError
 from distill.types import Batch
 
 
 class BatchLoader:
-    """Iterates an in-memory ArrayDataset as ``distill.types.Batch`` (input, target, index, view).
+    """Iterates a split as ``distill.types.Batch`` (input, target, index, view).
 
-    No torch DataLoader: gathering rows of in-memory tensors by index is much faster for these sizes.
+    In memory: no torch DataLoader, gathering rows of in-memory tensors by index is much faster. Streamed: one
+    DataLoader with the split's workers (persistent, prefetching; ``pin_memory`` on CUDA) reads exactly the
+    batches this class decides, so a streamed split and the same data in memory give identical batches.
 
     shuffle: a fresh random order per epoch, a function of ``(seed, epoch)`` only, so a resumed run
         sees exactly the batches it would have seen. Call ``set_epoch`` before iterating each epoch;
@@ -39,9 +43,9 @@ class BatchLoader:
         keeps DDP's average the global mean); with ``b < world`` it is dropped (no rank gets an empty batch).
     """
 
-    def __init__(self, ds: ArrayDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
+    def __init__(self, ds: ArrayDataset | StreamDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_size: int | None = None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None, rank: int = 0, world: int = 1) -> None:
+                 views: int | None = None, rank: int = 0, world: int = 1, pin_memory: bool = False) -> None:
         if len(ds) == 0:
             raise DistillError("cannot batch an empty dataset")
         if batch_size < 1:
@@ -65,6 +69,9 @@ class BatchLoader:
         self.views = views
         self.rank, self.world = rank, world
         self.epoch = 0
+        self.pin_memory = pin_memory
+        self._stream: Any = None  # the streamed split's DataLoader, made on first use
+        self._sampler: Any = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
@@ -108,14 +115,43 @@ class BatchLoader:
         start = b * self.batch_size
         return (hi - lo) * self.world / (min(self.epoch_size, start + self.batch_size) - start)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def indices(self) -> list[Tensor]:
+        """This rank's dataset rows of every batch of the current epoch, in order."""
         order = self.order()
+        return [order[slice(*self.chunk(b))] for b in range(len(self))]  # each (B / world,), the last maybe +-1
+
+    def _inputs(self, chunks: list[Tensor]) -> Iterator[Any]:
+        """The batched inputs of ``chunks``: gathered in memory, or read by the streamed split's workers (one
+        DataLoader for the whole run, its batch sampler following the current epoch)."""
+        if not isinstance(self.ds, StreamDataset):
+            yield from (self.ds.take(index) for index in chunks)
+            return
+        if self._stream is None:
+            self._sampler = _EpochBatches()
+            self._stream = self.ds.loader(self._sampler, pin_memory=self.pin_memory, persistent=True)
+        self._sampler.chunks = [c.tolist() for c in chunks]
+        yield from self._stream
+
+    def __iter__(self) -> Iterator[Batch]:
         augment = None if self.augment is None or self.augment.identity else self.augment
         view = self.view_of(self.epoch) if augment is not None else 0
-        for b in range(len(self)):
-            lo, hi = self.chunk(b)
-            index = order[lo:hi]  # (B / world,), the last batch possibly one more or less
-            x = self.ds.x[index]  # (B, *input_shape)
+        chunks = self.indices()
+        for index, x in zip(chunks, self._inputs(chunks)):
             if augment is not None:
+                if isinstance(x, dict):
+                    raise DistillError("data.augment shifts and flips one input tensor; this data has dict inputs")
                 x = augment(x, index, view)
             yield Batch(input=x, target=self.ds.y[index], index=index, view=view)
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are set before each epoch (a DataLoader with persistent workers keeps it)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from distill.data.base import DATASETS, ArrayDataset, RawSplits, channel_stats, check_int, stratified_split
+from distill.data.stream import StreamDataset
 from distill.errors import DistillError
 
 # User splits carved off train use a fixed seed: the same file always gives the same split.
@@ -16,10 +19,7 @@ _SPLIT_SEED = 0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def _fill_splits(
-    train: ArrayDataset, val: ArrayDataset | None, test: ArrayDataset | None,
-    val_fraction: float, test_fraction: float,
-) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+def _fill_splits(train: Any, val: Any, test: Any, val_fraction: float, test_fraction: float) -> tuple[Any, Any, Any]:
     """Split the missing val/test off train (stratified, fixed seed)."""
     for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < frac < 1:
@@ -127,45 +127,87 @@ def _read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarr
             img = img.convert(mode)
             if size is not None and img.size != size:
                 img = img.resize(size, Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
     except (UnidentifiedImageError, OSError) as e:
         raise DistillError(f"dataset 'folder': cannot read image {file} ({e})") from None
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
-def _load_split(split_dir: Path, classes: list[str], mode: str, size: int | None,
-                first: list[tuple[int, int]]) -> ArrayDataset:
-    """All images under ``split_dir/<class>/``; ``first`` carries the first image's (H, W) across
-    splits so every image must match it when ``size`` is None."""
-    images, labels = [], []
+class FolderImages(Dataset):
+    """Images read lazily, one file per item: ``(x, label)`` with x (C, H, W) float32 in [0, 1].
+
+    ``targets`` (the labels, known from the folder names) spares the one pass over the items that a Dataset
+    without it costs. Picklable, so DataLoader workers read it."""
+
+    def __init__(self, files: list[Path], labels: list[int], mode: str, size: int | None) -> None:
+        self.files, self.targets, self.mode, self.size = files, labels, mode, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        arr = _read_image(self.files[i], self.mode, (self.size, self.size) if self.size is not None else None)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), self.targets[i]  # (C, H, W)
+
+
+def _list_split(split_dir: Path, classes: list[str], size: int | None,
+                first: list[tuple[int, int]]) -> tuple[list[Path], list[int]]:
+    """Files and labels under ``split_dir/<class>/``. Every header is read now (not the pixels), so an unreadable
+    file, or (without ``size``) one whose size differs from the first image's, is an error before training."""
+    from PIL import Image, UnidentifiedImageError
+
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(f for f in (split_dir / cls).iterdir()
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        for f in files:
-            arr = _read_image(f, mode, (size, size) if size is not None else None)
+        for f in sorted(f for f in (split_dir / cls).iterdir()
+                        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")):
+            try:
+                with Image.open(f) as img:
+                    hw = (img.size[1], img.size[0])
+            except (UnidentifiedImageError, OSError) as e:
+                raise DistillError(f"dataset 'folder': cannot read image {f} ({e})") from None
             if not first:
-                first.append(arr.shape[:2])
-            if arr.shape[:2] != first[0]:
-                raise DistillError(f"dataset 'folder': image {f} is {arr.shape[1]}x{arr.shape[0]}, the first "
-                                   f"was {first[0][1]}x{first[0][0]}; set data.size to resize all images")
-            images.append(arr)
+                first.append(hw)
+            if size is None and hw != first[0]:
+                raise DistillError(f"dataset 'folder': image {f} is {hw[1]}x{hw[0]}, the first was "
+                                   f"{first[0][1]}x{first[0][0]}; set data.size to resize all images")
+            files.append(f)
             labels.append(label)
-    if not images:
-        return ArrayDataset(torch.empty(0, len(mode), *(first[0] if first else (0, 0))),
-                            torch.empty(0, dtype=torch.int64))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)  # (N, C, H, W) in [0, 1]
-    return ArrayDataset(x.contiguous(), torch.tensor(labels, dtype=torch.int64))
+    return files, labels
+
+
+def _split(files: list[Path], labels: list[int], mode: str, size: int | None, in_memory: bool) -> Any:
+    ds = FolderImages(files, labels, mode, size)
+    y = torch.tensor(labels, dtype=torch.int64)
+    if not in_memory:
+        return StreamDataset(ds, y)
+    if not files:
+        return ArrayDataset(torch.empty(0, len(mode), 1, 1), y)
+    return ArrayDataset(torch.stack([ds[i][0] for i in range(len(ds))]), y)  # (N, C, H, W)
+
+
+STATS_SAMPLES = 1000
+
+
+def _stats(train: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of the training images: all of them in memory, else up to 1,000 evenly spaced."""
+    if isinstance(train, ArrayDataset):
+        return channel_stats(train.x)
+    pick = torch.linspace(0, len(train) - 1, min(len(train), STATS_SAMPLES)).round().long().unique()
+    return channel_stats(train.take(pick))
 
 
 @DATASETS.register("folder")
 def folder(
     *, seed: int, root: str, size: int | None = None, channels: int = 3,
-    val_fraction: float = 0.1, test_fraction: float = 0.1,
+    val_fraction: float = 0.1, test_fraction: float = 0.1, in_memory: bool = False,
 ) -> RawSplits:
     """Images under ``root/{train,val,test}/<class>/`` or ``root/<class>/`` (val/test then split off).
 
     size: resize to size x size (default: keep the first image's size; all must match).
     channels: 1 (grayscale) or 3 (RGB). Pixels in [0, 1], shape (C, H, W); class names sorted.
+    in_memory: decode every image up front (the fast path for data that fits); by default images are read
+    lazily, item by item, by DataLoader workers (``data.workers``), and normalisation statistics come from up
+    to 1,000 evenly spaced training images.
     """
     base = Path(root)
     if not base.is_dir():
@@ -174,22 +216,23 @@ def folder(
         raise DistillError(f"data.channels must be 1 or 3, got {channels!r}")
     if size is not None:
         check_int("data.size", size, minimum=1)
+    if not isinstance(in_memory, bool):
+        raise DistillError(f"data.in_memory must be true or false, got {in_memory!r}")
     mode = "L" if channels == 1 else "RGB"
     split_root = (base / "train").is_dir()
     classes = list(_class_dirs(base / "train" if split_root else base))
     first: list[tuple[int, int]] = []
-    train = _load_split(base / "train" if split_root else base, classes, mode, size, first)
-    loaded: dict[str, ArrayDataset | None] = {"val": None, "test": None}
-    for split in loaded if split_root else ():
+    listed = {"train": _list_split(base / "train" if split_root else base, classes, size, first)}
+    for split in ("val", "test") if split_root else ():
         if (base / split).is_dir():
             other = list(_class_dirs(base / split))
             if other != classes:
                 raise DistillError(f"dataset 'folder': classes in {base / split} {other} differ from "
                                    f"those in {base / 'train'} {classes}")
-            loaded[split] = _load_split(base / split, classes, mode, size, first)
-    if len(train) == 0:
+            listed[split] = _list_split(base / split, classes, size, first)
+    if not listed["train"][0]:
         raise DistillError("dataset 'folder': the train split is empty")
-    train, val, test = _fill_splits(train, loaded["val"], loaded["test"], val_fraction, test_fraction)
-    mean, std = channel_stats(train.x)
-    return RawSplits(train, val, test, num_classes=len(classes), mean=mean, std=std,
-                     class_names=tuple(classes))
+    parts = {k: _split(*v, mode, size, in_memory) for k, v in listed.items()}
+    train, val, test = _fill_splits(parts["train"], parts.get("val"), parts.get("test"), val_fraction, test_fraction)
+    mean, std = _stats(train)
+    return RawSplits(train, val, test, num_classes=len(classes), mean=mean, std=std, class_names=tuple(classes))

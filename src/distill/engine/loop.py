@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from distill.data.stream import head
 from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog
@@ -25,7 +26,7 @@ from distill.engine.meter import Meter
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.errors import DistillError
 from distill.methods.base import MethodSet
-from distill.models import as_logits
+from distill.models import Keys, as_logits, feed
 from distill.recipe import TrainSpec
 from distill.taps import FeatureTaps
 from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
@@ -51,6 +52,7 @@ class FitJob:
     device: str = "cpu"
     desc: str = "train"
     num_classes: int = 0  # 0: inferred from the labels
+    inputs: Keys = None  # the fields of a dict input the model reads (the teacher's own are in FrozenTeacher)
     log: Callable[[str], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -99,30 +101,32 @@ def _save_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, epochs_done
 
 def _setup_methods(job: FitJob) -> None:
     classes = job.num_classes or int(job.loader.ds.y.max()) + 1
-    setup_methods(job.methods, job.model, job.teacher, job.loader.ds.x[:2].to(job.device),
-                  num_samples=len(job.loader.ds), num_classes=classes)
+    x = Batch(head(job.loader.ds, 2), torch.zeros(0), torch.zeros(0)).to(job.device).input
+    setup_methods(job.methods, job.model, job.teacher, x, num_samples=len(job.loader.ds), num_classes=classes,
+                  inputs=job.inputs)
 
 
-def setup_methods(methods: MethodSet, model: nn.Module, teacher: nn.Module | None, x: Tensor, *,
-                  num_samples: int, num_classes: int) -> None:
+def setup_methods(methods: MethodSet, model: nn.Module, teacher: nn.Module | None, x: Any, *,
+                  num_samples: int, num_classes: int, inputs: Keys = None) -> None:
     """Dry-run student and teacher on a small batch ``x`` so methods build connectors from real tap shapes."""
-    s_shapes = _tap_shapes(model, model, methods.student_taps, x)
+    s_shapes = _tap_shapes(model, model, methods.student_taps, x, inputs)
     t_shapes = {}
     if teacher is not None and methods.teacher_taps:
         hooked = getattr(teacher, "model", teacher)  # FrozenTeacher: hook the wrapped model
-        t_shapes = _tap_shapes(teacher, hooked, methods.teacher_taps, x)
+        t_shapes = _tap_shapes(teacher, hooked, methods.teacher_taps, x, None)
     methods.setup(SetupContext(student_shapes=s_shapes, teacher_shapes=t_shapes, num_samples=num_samples,
                                num_classes=num_classes))
 
 
-def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Tensor) -> dict[str, tuple[int, ...]]:
+def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Any,
+                inputs: Keys) -> dict[str, tuple[int, ...]]:
     if not paths:
         return {}
     modes = [(m, m.training) for m in run.modules()]
     run.eval()  # no BatchNorm statistics updated by the dry run
     try:
         with FeatureTaps(hooked, paths) as taps, torch.no_grad():
-            run(x)
+            feed(run, x, inputs, "student")
             return {k: tuple(v.shape) for k, v in taps.feats.items()}
     finally:
         for m, mode in modes:
@@ -198,10 +202,10 @@ class _Step:
         return torch.autocast(self.dev, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
     def batch(self, batch: Batch, device: str) -> Batch:
-        if self.dev == "cuda":
+        if self.dev == "cuda" and isinstance(batch.input, Tensor) and not batch.input.is_pinned():
             batch.input = batch.input.pin_memory()
         batch = batch.to(device)
-        if self.channels_last and batch.input.ndim == 4:
+        if self.channels_last and isinstance(batch.input, Tensor) and batch.input.ndim == 4:
             batch.input = batch.input.contiguous(memory_format=torch.channels_last)
         return batch
 
@@ -251,7 +255,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
 def _loss(step: _Step, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,
           t_taps: FeatureTaps | None) -> LossOutput:
     with step.autocast():
-        s_out = _forward(step.model, batch, s_taps)
+        s_out = _forward(step.model, batch, s_taps, job.inputs)
         t_out = _teacher_outputs(job, batch, t_taps)
     # the losses run in fp32 (outside autocast): tempered log-softmax is precision-sensitive
     return job.methods(_fp32(s_out), _fp32(t_out), batch, ctx)
@@ -272,9 +276,9 @@ def _fp32(out: ModelOutput | None) -> ModelOutput | None:
     return ModelOutput(out.logits.float(), feats, out.topk)
 
 
-def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None) -> ModelOutput:
+def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None, inputs: Keys = None) -> ModelOutput:
     assert model is not None, "the methods need a teacher but none was given"
-    logits = as_logits(model(batch.input))
+    logits = as_logits(feed(model, batch.input, inputs, "student"))
     if taps is None:
         return ModelOutput(logits)
     feats = dict(taps.feats)

@@ -6,7 +6,8 @@ connectors, as submodules, so they train with the student). It returns named, al
 
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -14,13 +15,36 @@ from torch import Tensor, nn
 from distill.registry import Registry
 from distill.types import Batch, LossOutput, ModelOutput, Needs, SetupContext, StepContext
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", "distill.methods", adapt="distill.extend:_method")
 
 
 class Method(nn.Module):
     """Base class: subclasses set ``needs`` and implement ``forward``."""
 
     needs: ClassVar[Needs] = Needs()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Method:
+        # Remember the constructor's arguments, so a method object built in Python can be written back as a
+        # recipe entry (``spec()``) and fingerprinted for resume.
+        obj = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+            bound.apply_defaults()
+            init = {k: v for k, v in list(bound.arguments.items())[1:]
+                    if inspect.signature(cls.__init__).parameters[k].kind not in (_VAR_POS, _VAR_KW)}
+        except TypeError:  # __init__ itself will report the bad call
+            init = None
+        object.__setattr__(obj, "_init_args", init)
+        return obj
+
+    def spec(self) -> dict[str, Any] | None:
+        """``{"name": <registered name>, **constructor arguments}``: this method as a recipe entry, or None when
+        its class is not registered or an argument is not plain data (numbers, strings, lists, dicts)."""
+        init = getattr(self, "_init_args", None)
+        name = next((n for n in METHODS.names() if METHODS.get(n) is type(self)), None)
+        if init is None or name is None or not _plain(init):
+            return None
+        return {"name": name, **init}
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch,
                 ctx: StepContext) -> LossOutput:  # pragma: no cover - abstract
@@ -41,6 +65,18 @@ class Method(nn.Module):
     def cache_temperatures(self) -> tuple[float, ...]:
         """Temperatures whose log-sum-exp the teacher cache must store for this method (see TopKLogits)."""
         return ()
+
+
+_VAR_POS, _VAR_KW = inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD
+
+
+def _plain(value: Any) -> bool:
+    """True for JSON-able data: what a recipe can hold."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
 def labelled_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

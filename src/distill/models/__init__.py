@@ -6,6 +6,6 @@ transformers) is imported here: ``external`` imports its target only when built.
 
 from distill.models import cnn, external, mlp, resnet, vgg, wrn  # noqa: F401  (registers the models)
 from distill.models.base import MODELS, build_model
-from distill.models.teacher import FrozenTeacher, as_logits
+from distill.models.teacher import FrozenTeacher, Keys, as_logits, feed, select
 
-__all__ = ["MODELS", "FrozenTeacher", "as_logits", "build_model"]
+__all__ = ["MODELS", "FrozenTeacher", "Keys", "as_logits", "build_model", "feed", "select"]

@@ -27,6 +27,30 @@ def as_logits(out: Any) -> Tensor:
     raise DistillError(f"model returned {type(out).__name__}, expected a logits tensor (B, num_classes)")
 
 
+Keys = str | list[str] | None
+"""Which fields of a dict input a model reads: one key (passed positionally), several (passed as keyword
+arguments, like ``input_ids`` and ``attention_mask``), or None for the whole input (a dict as keywords)."""
+
+
+def select(x: Any, keys: Keys, who: str = "model") -> Any:
+    """The part of a batch's input that a model reading ``keys`` gets (see ``Keys``)."""
+    if keys is None:
+        return x
+    if not isinstance(x, dict):
+        raise DistillError(f"{who} reads input key(s) {keys!r} but the data's inputs are one tensor, not a dict")
+    wanted = [keys] if isinstance(keys, str) else list(keys)
+    missing = [k for k in wanted if k not in x]
+    if missing:
+        raise DistillError(f"{who} reads input key(s) {missing} that the data does not have (keys: {sorted(x)})")
+    return x[keys] if isinstance(keys, str) else {k: x[k] for k in wanted}
+
+
+def feed(model: nn.Module, x: Any, keys: Keys = None, who: str = "model") -> Any:
+    """Call ``model`` on the fields of ``x`` it reads: a tensor positionally, a dict as keyword arguments."""
+    part = select(x, keys, who)
+    return model(**part) if isinstance(part, dict) else model(part)
+
+
 def _check_norm(name: str, norm: Any) -> tuple[list[float], list[float]]:
     try:
         mean, std = ([float(v) for v in (p if isinstance(p, Sequence) else [p])] for p in norm)
@@ -70,9 +94,10 @@ class FrozenTeacher(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, student_norm: Norm | None = None,
-                 teacher_norm: Norm | None = None) -> None:
+                 teacher_norm: Norm | None = None, inputs: Keys = None) -> None:
         super().__init__()
         self.wrapped = model
+        self.inputs = inputs
         for p in model.parameters():
             p.requires_grad_(False)
         affine = renorm_affine(student_norm, teacher_norm)
@@ -102,9 +127,15 @@ class FrozenTeacher(nn.Module):
         shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)  # broadcast over dim 1 or everything
         return x * self.in_scale.view(shape).to(x.dtype) + self.in_shift.view(shape).to(x.dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Student-normalised batch (B, ...) -> teacher logits (B, C), without autograd history."""
+    def forward(self, x: Any) -> Tensor:
+        """Student-normalised batch (B, ...) -> teacher logits (B, C), without autograd history.
+
+        With dict inputs the teacher gets the fields it reads (``inputs``); re-normalisation applies to a
+        tensor input only."""
         if self.wrapped.training:  # someone called .train() on the inner model directly
             self.wrapped.eval()
+        part = select(x, self.inputs, "teacher")
         with torch.no_grad():
-            return as_logits(self.wrapped(self.renormalise(x)))
+            if isinstance(part, dict):
+                return as_logits(self.wrapped(**part))
+            return as_logits(self.wrapped(self.renormalise(part)))
