@@ -237,12 +237,13 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     return recipe
 
 
-def _explain(e: ValidationError) -> str:
+def _explain(e: ValidationError, root: Any = None, prefix: str = "") -> str:
+    """One line naming the first problem of a validation error; ``root``/``prefix`` for a part of a recipe."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "recipe"
+    key = ".".join([prefix] * bool(prefix) + loc) or "recipe"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], root or Recipe)
         return (f"unknown key '{key}'{closest(loc[-1], allowed)} (allowed: {', '.join(allowed)})")
     if err["type"] == "missing":
         return f"missing required key '{key}'"
@@ -251,8 +252,8 @@ def _explain(e: ValidationError) -> str:
     return f"{key}: {err['msg'].lower()} (got {got})"
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: Any = Recipe
+def _allowed_keys(loc: list[str], root: Any) -> list[str]:
+    model: Any = root
     for part in loc:
         if part.isdigit():
             continue
@@ -263,6 +264,15 @@ def _allowed_keys(loc: list[str]) -> list[str]:
                 model = inner
                 break
     return list(model.model_fields)
+
+
+def validate_part(cls: type[BaseModel], raw: Any, key: str) -> Any:
+    """Validate one section of a recipe (``TrainSpec``, ``ModelSpec``, ...) given from Python; a problem is one
+    DistillError naming ``key`` and the offending field."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise DistillError(_explain(e, cls, key)) from None
 
 
 def _check_components(recipe: Recipe, singular: bool) -> None:

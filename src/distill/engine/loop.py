@@ -255,10 +255,10 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
 def _loss(step: _Step, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,
           t_taps: FeatureTaps | None) -> LossOutput:
     with step.autocast():
-        s_out = _forward(step.model, batch, s_taps, job.inputs)
+        s_out = model_output(step.model, batch, s_taps, job.inputs)
         t_out = _teacher_outputs(job, batch, t_taps)
     # the losses run in fp32 (outside autocast): tempered log-softmax is precision-sensitive
-    return job.methods(_fp32(s_out), _fp32(t_out), batch, ctx)
+    return job.methods(as_fp32(s_out), as_fp32(t_out), batch, ctx)
 
 
 def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> ModelOutput | None:
@@ -266,17 +266,19 @@ def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> Mod
         return None
     if job.cache is not None:
         return job.cache.lookup(batch.index, batch.view)
-    return _forward(job.teacher, batch, taps)
+    return model_output(job.teacher, batch, taps)
 
 
-def _fp32(out: ModelOutput | None) -> ModelOutput | None:
+def as_fp32(out: ModelOutput | None) -> ModelOutput | None:
+    """Outputs in fp32 for the losses (autocast may have produced bf16/fp16)."""
     if out is None or out.logits.dtype == torch.float32:
         return out
     feats = {k: v.float() if v.is_floating_point() else v for k, v in out.feats.items()}
     return ModelOutput(out.logits.float(), feats, out.topk)
 
 
-def _forward(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None, inputs: Keys = None) -> ModelOutput:
+def model_output(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None, inputs: Keys = None) -> ModelOutput:
+    """Run ``model`` on the fields of ``batch.input`` it reads; logits plus the features ``taps`` captured."""
     assert model is not None, "the methods need a teacher but none was given"
     logits = as_logits(feed(model, batch.input, inputs, "student"))
     if taps is None:

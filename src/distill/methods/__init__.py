@@ -21,9 +21,30 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     sp,
     vid,
 )
+from distill.methods.ab import AB
+from distill.methods.at import AT
 from distill.methods.base import METHODS, Method, MethodSet, labelled_cross_entropy
+from distill.methods.cc import CC
+from distill.methods.ce import CE
+from distill.methods.crd import CRD
+from distill.methods.dist import DIST
+from distill.methods.dkd import DKD
+from distill.methods.fitnet import FitNet
+from distill.methods.fsp import FSP
+from distill.methods.ft import FT
+from distill.methods.kd import KD
+from distill.methods.kdsvd import KDSVD
+from distill.methods.nst import NST
+from distill.methods.ofd import OFD
+from distill.methods.pkt import PKT
+from distill.methods.reviewkd import ReviewKD
+from distill.methods.rkd import RKD
+from distill.methods.sp import SP
+from distill.methods.vid import VID
 
-__all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method"]
+__all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
+           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "KD", "KDSVD", "NST", "OFD", "PKT",
+           "ReviewKD", "RKD", "SP", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:
