@@ -78,7 +78,10 @@ def output_classes(model: nn.Module, data: DataSplits, inputs: Keys = None, role
                            f"{_shape_text(data.input_shape)}: {first}") from None
     finally:
         model.train(was)
-    logits = as_logits(out)
+    try:
+        logits = as_logits(out)
+    except DistillError as e:
+        raise DistillError(f"{role} ({type(model).__name__}): {e}") from None
     if logits.ndim != 2 or logits.shape[0] != min(2, len(data.train)):
         raise DistillError(f"{role} ({type(model).__name__}) returned a tensor of shape {tuple(logits.shape)} for a "
                            f"batch of {min(2, len(data.train))}; expected logits (batch, num_classes)")

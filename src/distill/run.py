@@ -84,7 +84,8 @@ def execute(plan: Plan, *, resume: bool = False, log: Log = print) -> Outcome:
     if plan.compare:
         scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
         trained["scratch"] = train_role("scratch", plan, scratch, MethodSet([CE()]), plan.train,
-                                        data.labelled_train(), resume=resume, log=log, epoch_size=len(data.train))
+                                        data.labelled_train(), resume=resume, log=log, epoch_size=len(data.train),
+                                        inputs=plan.student_inputs)
         notes.append(f"scratch student: trained on the {len(data.labelled_train())} labelled samples only, "
                      f"for the same number of optimizer steps as the distilled student")
     trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)

@@ -189,9 +189,8 @@ STATS_SAMPLES = 1000
 
 
 def _stats(train: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of the training images: all of them in memory, else up to 1,000 evenly spaced."""
-    if isinstance(train, ArrayDataset):
-        return channel_stats(train.x)
+    """Per-channel mean/std of up to 1,000 evenly spaced training images (all of them when there are fewer),
+    the same images whether the split is streamed or in memory, so both modes train identically."""
     pick = torch.linspace(0, len(train) - 1, min(len(train), STATS_SAMPLES)).round().long().unique()
     return channel_stats(train.take(pick))
 
@@ -206,8 +205,8 @@ def folder(
     size: resize to size x size (default: keep the first image's size; all must match).
     channels: 1 (grayscale) or 3 (RGB). Pixels in [0, 1], shape (C, H, W); class names sorted.
     in_memory: decode every image up front (the fast path for data that fits); by default images are read
-    lazily, item by item, by DataLoader workers (``data.workers``), and normalisation statistics come from up
-    to 1,000 evenly spaced training images.
+    lazily, item by item, by DataLoader workers (``data.workers``). Normalisation statistics come from up to
+    1,000 evenly spaced training images in both modes.
     """
     base = Path(root)
     if not base.is_dir():

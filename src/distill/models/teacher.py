@@ -46,7 +46,10 @@ def select(x: Any, keys: Keys, who: str = "model") -> Any:
 
 
 def feed(model: nn.Module, x: Any, keys: Keys = None, who: str = "model") -> Any:
-    """Call ``model`` on the fields of ``x`` it reads: a tensor positionally, a dict as keyword arguments."""
+    """Call ``model`` on the fields of ``x`` it reads: a tensor positionally, a dict as keyword arguments.
+    A ``FrozenTeacher`` (``reads_whole_input``) gets the whole input and selects its own fields."""
+    if getattr(model, "reads_whole_input", False):
+        return model(x)
     part = select(x, keys, who)
     return model(**part) if isinstance(part, dict) else model(part)
 
@@ -92,6 +95,8 @@ class FrozenTeacher(nn.Module):
     per channel (dim 1 of the batch) or length 1. Parameters are frozen, ``.train(mode)`` keeps the
     teacher in eval mode, and ``forward`` runs under ``torch.no_grad()`` and returns logits.
     """
+
+    reads_whole_input = True  # ``feed`` passes it the batch's whole input: it selects its own fields
 
     def __init__(self, model: nn.Module, *, student_norm: Norm | None = None,
                  teacher_norm: Norm | None = None, inputs: Keys = None) -> None:

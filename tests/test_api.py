@@ -1,0 +1,190 @@
+"""The Python door: ``distill.fit`` on user modules and Datasets, the same Plan as a recipe, streamed data,
+dict inputs, and one-line errors for what users get wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import distill
+from distill.errors import DistillError
+from distill.io import load_weights, save_weights
+from distill.registry import Registry
+from helpers import cli, write_recipe
+from user_parts import DigitsItems, NotLogits, PairItems, TinyNet, digits_arrays, trained_teacher, user_digits_splits
+
+QUIET = {"latency": False, "log": lambda _: None}
+TRAINING = {"epochs": 2, "optimizer": {"name": "adam", "lr": 0.003, "weight_decay": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_weights(path, trained_teacher().state_dict())
+    return path
+
+
+def _teacher(path: Path) -> torch.nn.Module:
+    from user_parts import TeacherNet
+
+    t = TeacherNet()
+    t.load_state_dict(load_weights(path))
+    return t
+
+
+def _student(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)  # what a recipe does before building a model
+    return TinyNet()
+
+
+def _same(a: torch.nn.Module | dict, b: torch.nn.Module | dict) -> bool:
+    sa = a if isinstance(a, dict) else a.state_dict()
+    sb = b if isinstance(b, dict) else b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _fit(tmp: Path, teacher_file: Path, train, val=None, test=None, **kw) -> distill.FitResult:
+    return distill.fit(teacher=_teacher(teacher_file), student=_student(), train=train, val=val, test=test,
+                       methods=[distill.methods.KD(T=4, alpha=0.5, beta=0.5)], training=TRAINING,
+                       batch_size=64, labels_per_class=10, output_dir=tmp, **QUIET, **kw)
+
+
+def test_fit_on_user_modules_and_dataset_equals_the_recipe_run(tmp_path: Path, capsys, teacher_file: Path) -> None:
+    py = _fit(tmp_path / "py", teacher_file, DigitsItems("train"), DigitsItems("val"), DigitsItems("test"))
+    assert py.recipe is None  # modules and Datasets have no names
+    assert isinstance(py.student, TinyNet) and set(py.metrics) == {"teacher", "scratch", "student"}
+    registry: Registry = distill.DATASETS
+    distill.register_dataset("user_digits_api")(user_digits_splits)
+    try:
+        raw = {"name": "r", "output_dir": str(tmp_path / "recipe"), "eval": {"latency": False},
+               "data": {"name": "user_digits_api", "labels_per_class": 10, "batch_size": 64},
+               "teacher": {"name": "external", "target": "user_parts:TeacherNet", "weights": str(teacher_file)},
+               "student": {"name": "external", "target": "user_parts:TinyNet"},
+               "method": {"name": "kd", "T": 4, "alpha": 0.5, "beta": 0.5}, "train": TRAINING}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    finally:
+        registry._unregister("user_digits_api")
+    assert code == 0, err
+    for role in ("student", "scratch"):
+        assert _same(load_weights(tmp_path / "recipe" / role / "model.safetensors"),
+                     load_weights(tmp_path / "py" / role / "model.safetensors")), role
+    assert _same(py.student, load_weights(tmp_path / "py" / "student" / "model.safetensors"))
+
+
+def test_streamed_dataset_and_the_same_data_in_memory_give_identical_weights(tmp_path: Path,
+                                                                              teacher_file: Path) -> None:
+    x, y = digits_arrays()
+    streamed = _fit(tmp_path / "s", teacher_file, DigitsItems("train"), DigitsItems("val"), DigitsItems("test"),
+                    workers=2)
+    memory = _fit(tmp_path / "m", teacher_file, (x[:1200], y[:1200]), (x[1200:1500], y[1200:1500]),
+                  (x[1500:], y[1500:]))
+    assert _same(streamed.student, memory.student)
+    assert streamed.metrics["student"]["top1"] == memory.metrics["student"]["top1"]
+
+
+def test_fit_with_names_is_a_recipe_and_replays_from_the_cli(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "named"
+    r = distill.fit(teacher={"name": "mlp", "hidden": [64], "train": {"epochs": 2}}, student={"name": "mlp",
+                    "hidden": [16]}, train="digits", methods=["kd"], epochs=1, output_dir=out, **QUIET)
+    assert r.recipe is not None and (out / "recipe.yaml").read_text() == r.recipe
+    assert "name: digits" in r.recipe and "name: kd" in r.recipe
+    code, _, err = cli(capsys, "run", str(out / "recipe.yaml"), f"output_dir={tmp_path / 'replay'}")
+    assert code == 0, err
+    assert _same(load_weights(out / "student" / "model.safetensors"),
+                 load_weights(tmp_path / "replay" / "student" / "model.safetensors"))
+
+
+def test_dict_inputs_teacher_reads_a_student_reads_b(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = TinyNet(hidden=64)
+    x, y = digits_arrays()
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(100):  # the teacher learns field 'a' (the image as it is)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(teacher(x[:1200]), y[:1200]).backward()
+        opt.step()
+    seen: dict[str, torch.Tensor] = {}
+    teacher.register_forward_pre_hook(lambda m, args: seen.__setitem__("teacher", args[0]))
+    student = _student()
+    student.register_forward_pre_hook(lambda m, args: seen.__setitem__("student", args[0]))
+    r = distill.fit(teacher=teacher, student=student, train=PairItems("train"), val=PairItems("val"),
+                    test=PairItems("test"), teacher_inputs="a", student_inputs="b", methods=["kd"],
+                    training=TRAINING, epochs=10, batch_size=64, output_dir=tmp_path, compare=False, **QUIET)
+    a_test = x[1500:]
+    assert r.metrics["teacher"]["top1"] == pytest.approx(
+        float((teacher(a_test).argmax(1) == y[1500:]).float().mean()))  # evaluated on field a
+    b = seen["student"]
+    assert torch.equal(b[:1], (a_test[:1].view(1, 8, 8).flip(-1).reshape(1, 64) + 1.0)) or b.min() >= 1.0
+    assert seen["teacher"].max() <= 1.0  # the teacher never saw field b (offset by +1)
+    assert r.metrics["student"]["top1"] > 0.5
+
+
+def test_teacher_gets_no_gradient_and_stays_in_eval(tmp_path: Path, teacher_file: Path) -> None:
+    teacher = _teacher(teacher_file)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    modes: list[bool] = []
+    teacher.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    x, y = digits_arrays()
+    distill.fit(teacher=teacher, student=_student(), train=(x[:1200], y[:1200]), test=(x[1500:], y[1500:]),
+                methods=["kd"], training=TRAINING, output_dir=tmp_path, cache="off", **QUIET)
+    assert modes and not any(modes)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert _same(teacher.state_dict(), before)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+class Triples(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple:
+        return torch.zeros(64), 1, "extra"
+
+
+def test_items_that_are_neither_pairs_nor_dicts(tmp_path: Path) -> None:
+    with pytest.raises(DistillError, match=r"item 0 is a tuple of 3: expected \(input, target\) or a dict"):
+        distill.fit(teacher=TinyNet(), student=TinyNet(), train=Triples(), output_dir=tmp_path, **QUIET)
+
+
+def test_a_shuffling_dataloader_is_refused_with_the_reason(tmp_path: Path) -> None:
+    loader = DataLoader(DigitsItems("train"), batch_size=32, shuffle=True)
+    with pytest.raises(DistillError, match="shuffling DataLoader cannot be resumed exactly.*shuffle=False"):
+        distill.fit(teacher=TinyNet(), student=TinyNet(), train=loader, output_dir=tmp_path, **QUIET)
+
+
+def test_a_non_shuffling_dataloader_is_accepted(tmp_path: Path, teacher_file: Path) -> None:
+    loader = DataLoader(DigitsItems("train"), batch_size=32, shuffle=False)
+    r = distill.fit(teacher=_teacher(teacher_file), student=_student(), train=loader, epochs=1, output_dir=tmp_path,
+                    **QUIET)
+    assert r.metrics["student"]["top1"] > 0.1
+
+
+def test_input_keys_the_data_does_not_have(tmp_path: Path) -> None:
+    with pytest.raises(DistillError, match=r"student reads input key\(s\) \['c'\] that the data does not have"):
+        distill.fit(teacher=TinyNet(), student=TinyNet(), train=PairItems(), teacher_inputs="a", student_inputs="c",
+                    output_dir=tmp_path, **QUIET)
+    with pytest.raises(DistillError, match="inputs are one tensor, not a dict"):
+        distill.fit(teacher=TinyNet(), student=TinyNet(), train=DigitsItems(), student_inputs="a",
+                    output_dir=tmp_path, **QUIET)
+
+
+def test_a_user_module_whose_output_is_not_logits(tmp_path: Path) -> None:
+    with pytest.raises(DistillError, match=r"student \(NotLogits\): model returned dict, expected a logits tensor"):
+        distill.fit(teacher=TinyNet(), student=NotLogits(), train=DigitsItems(), output_dir=tmp_path, **QUIET)
+    assert not (tmp_path / "student").exists()  # found before training
+
+
+def test_cli_bad_dataset_items_one_line(tmp_path: Path, capsys) -> None:
+    distill.register_dataset("triples_api")(lambda: {"train": Triples()})
+    try:
+        raw = {"name": "r", "output_dir": str(tmp_path / "o"), "data": {"name": "triples_api"},
+               "student": {"name": "mlp"}, "method": {"name": "ce"}}
+        code, out, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    finally:
+        distill.DATASETS._unregister("triples_api")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "tuple of 3" in err
