@@ -188,3 +188,73 @@ def test_cli_bad_dataset_items_one_line(tmp_path: Path, capsys) -> None:
     finally:
         distill.DATASETS._unregister("triples_api")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "tuple of 3" in err
+
+
+def test_export_a_run_with_dict_inputs_and_refuse_a_python_run(tmp_path: Path, capsys) -> None:
+    distill.register_dataset("pairs_api")(lambda: {k: PairItems(k) for k in ("train", "val", "test")})
+    try:
+        tiny = {"name": "external", "target": "user_parts:TinyNet"}
+        raw = {"name": "p", "output_dir": str(tmp_path / "run"), "eval": {"latency": False},
+               "data": {"name": "pairs_api", "batch_size": 64},
+               "teacher": {**tiny, "inputs": "a", "train": TRAINING}, "student": {**tiny, "inputs": "b"},
+               "method": {"name": "kd"}, "train": TRAINING}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+        assert code == 0, err
+        code, out, err = cli(capsys, "export", str(tmp_path / "run"), "--format", "torchscript")
+    finally:
+        distill.DATASETS._unregister("pairs_api")
+    assert code == 0, err
+    assert "top-1 agreement 100.00%" in out
+    exported = torch.jit.load(str(tmp_path / "run" / "export" / "student.torchscript.pt"))
+    b = torch.stack([PairItems("test")[i]["b"] for i in range(4)])
+    student = TinyNet()
+    student.load_state_dict(load_weights(tmp_path / "run" / "student" / "model.safetensors"))
+    assert torch.allclose(exported(b), student(b), atol=1e-6)  # the file takes field 'b', as the student read it
+
+    x, y = digits_arrays()
+    distill.fit(student=TinyNet(), train=(x[:300], y[:300]), methods=["ce"], epochs=1, compare=False,
+                output_dir=tmp_path / "py", **QUIET)
+    code, _, err = cli(capsys, "export", str(tmp_path / "py"), "--format", "onnx")
+    assert code == 2 and err.startswith("error: ") and "trained by distill.fit from Python objects" in err
+
+
+def test_cli_bad_keys_and_a_model_without_logits_one_line(tmp_path: Path, capsys) -> None:
+    distill.register_dataset("pairs_cli")(lambda: {"train": PairItems("train")})
+    try:
+        tiny = {"name": "external", "target": "user_parts:TinyNet"}
+        base = {"name": "p", "output_dir": str(tmp_path / "o"), "data": {"name": "pairs_cli"},
+                "method": {"name": "ce"}}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, {**base, "student": {**tiny, "inputs": "c"}})))
+        assert code == 2 and err.count("\n") == 1 and "reads input key 'c' but dataset 'pairs_cli' has keys" in err
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, {**base, "student": {"name": "mlp"}})))
+        assert code == 2 and "model 'mlp' reads one tensor but dataset 'pairs_cli' has dict inputs" in err
+        broken = {"name": "external", "target": "user_parts:NotLogits", "inputs": "a"}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, {**base, "student": broken})))
+        assert code == 2 and err.count("\n") == 1 and "returned dict, expected a logits tensor" in err
+    finally:
+        distill.DATASETS._unregister("pairs_cli")
+    assert not (tmp_path / "o" / "student").exists()
+
+
+def test_feature_methods_tap_models_that_read_dict_inputs(tmp_path: Path) -> None:
+    teacher = trained_teacher()  # reads 'a' (the image as it is)
+    r = distill.fit(teacher=teacher, student=_student(), train=PairItems("train"), test=PairItems("test"),
+                    teacher_inputs="a", student_inputs="b", methods=["ce", {"name": "fitnet", "student_layers":
+                    ["body"], "teacher_layers": ["body"], "beta": 1.0}], epochs=1, output_dir=tmp_path, **QUIET)
+    assert {"ce", "fitnet"} <= set(r.history[-1])  # both terms logged: the taps saw both models
+
+
+def test_fit_resume_skips_finished_roles(tmp_path: Path, teacher_file: Path) -> None:
+    x, y = digits_arrays()
+    args = {"train": (x[:1200], y[:1200]), "test": (x[1500:], y[1500:])}
+    first = _fit(tmp_path, teacher_file, **args)
+    lines: list[str] = []
+    again = distill.fit(teacher=_teacher(teacher_file), student=_student(), methods=[distill.methods.KD(T=4,
+                        alpha=0.5, beta=0.5)], training=TRAINING, batch_size=64, labels_per_class=10,
+                        output_dir=tmp_path, resume=True, latency=False, log=lines.append, **args)
+    assert "student: already complete in" in "\n".join(lines)
+    assert _same(first.student, again.student)
+    with pytest.raises(DistillError, match="different recipe"):  # another student init is another run
+        (tmp_path / "student" / "model.json").unlink()
+        distill.fit(teacher=_teacher(teacher_file), student=_student(seed=1), methods=["kd"], training=TRAINING,
+                    batch_size=64, labels_per_class=10, output_dir=tmp_path, resume=True, **QUIET, **args)

@@ -28,7 +28,7 @@ def test_bf16_channels_last_run_tracks_the_fp32_run(tmp_path: Path, capsys) -> N
 
 def test_bf16_autocast_changes_the_forward_but_not_the_loss_precision(tmp_path: Path) -> None:
     from distill.build import build_methods
-    from distill.engine.loop import FitJob, _fp32, _Step
+    from distill.engine.loop import FitJob, _Step, as_fp32
     from distill.recipe import recipe_from_dict
     from distill.types import ModelOutput
 
@@ -42,7 +42,7 @@ def test_bf16_autocast_changes_the_forward_but_not_the_loss_precision(tmp_path: 
     with step.autocast():
         logits = model(torch.randn(4, 8))
     assert logits.dtype == torch.bfloat16
-    assert _fp32(ModelOutput(logits, {"f": logits})).logits.dtype == torch.float32
+    assert as_fp32(ModelOutput(logits, {"f": logits})).logits.dtype == torch.float32
 
 
 def test_fp16_on_cpu_is_one_clear_error(tmp_path: Path, capsys) -> None:

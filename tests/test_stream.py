@@ -91,3 +91,25 @@ def test_sigkill_then_resume_on_a_streamed_dataset_is_bit_identical(tmp_path: Pa
     a = load_weights(tmp_path / "a" / "out" / "student" / "model.safetensors")
     b = load_weights(tmp_path / "b" / "out" / "student" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_on_a_streamed_folder_give_the_weights_of_one_process(tmp_path: Path, capsys,
+                                                                         digit_pngs: Path) -> None:
+    raw = _recipe(tmp_path / "one", digit_pngs, workers=1)
+    raw["student"] = {"name": "mlp", "hidden": [16]}  # no BatchNorm: ranks keep their own statistics
+    # every sample labelled: with a label budget each rank averages its cross-entropy over its own labelled
+    # samples, which is not the global mean when the ranks' chunks hold different numbers of labels
+    del raw["data"]["labels_per_class"]
+    raw["train"]["epochs"] = 1
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw, "one.yaml")))
+    assert code == 0, err
+    entry = Path(__file__).with_name("ddp_entry.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(entry), "run",
+           str(tmp_path / "one.yaml"), f"output_dir={tmp_path / 'two'}"]
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    for role in ("teacher", "student"):
+        a = load_weights(tmp_path / "one" / "out" / role / "model.safetensors")
+        b = load_weights(tmp_path / "two" / role / "model.safetensors")
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert diff < 1e-5, (role, diff)  # as tests/test_ddp.py: float summation order only

@@ -33,7 +33,6 @@ from distill.recipe import (
     MethodSpec,
     ModelSpec,
     NormSpec,
-    Recipe,
     TrainSpec,
     _cache_shorthand,
     recipe_from_dict,
@@ -257,4 +256,4 @@ def _result(outcome: Outcome, recipe: str | None) -> FitResult:
                      metrics=outcome.metrics, report_path=outcome.report, recipe=recipe, history=student.history)
 
 
-__all__ = ["FitResult", "Recipe", "fit"]
+__all__ = ["FitResult", "fit"]

@@ -33,9 +33,14 @@ def build_augment(recipe: Recipe) -> Augment | None:
 
 def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
     """A freshly initialised model; the same seed gives the same initial weights."""
+    shape = data.shape_for(spec.inputs)
+    if shape is None:
+        if spec.name != "external":
+            raise DistillError(f"model '{spec.name}' reads one tensor but dataset '{data.name}' has dict inputs "
+                               f"{sorted(data.input_shape)}: set its 'inputs' to one key")
+        shape = (1,)  # an external model is built from its own arguments; the shape is not passed on
     torch.manual_seed(seed)
-    return build_model(spec.name, num_classes=data.num_classes, input_shape=data.shape_for(spec.inputs),
-                       **spec.kwargs)
+    return build_model(spec.name, num_classes=data.num_classes, input_shape=shape, **spec.kwargs)
 
 
 def resolve_path(path: str) -> Path:

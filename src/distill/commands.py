@@ -84,6 +84,9 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
         data = load_data(recipe, label_budget=False)
         model = build_arch(spec, data, recipe.seed)
         shape = data.shape_for(spec.inputs)
+        if shape is None:
+            raise DistillError(f"inspect probes a model with one input tensor; this {role} reads {spec.inputs!r} of "
+                               "a dict input")
     else:
         args = dict(_kv(item) for item in kwargs)
         shape = _shape(input_shape)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.build import build_arch, check_classes, frozen_teacher, load_data, resolve_path
-from distill.data import DataSplits
+from distill.data import DataSplits, head
 from distill.deploy import (
     Logits,
     deployment_table,
@@ -90,14 +90,28 @@ def load_run(run_dir: str | Path) -> RunContext:
     weights = run_dir / "student" / "model.safetensors"
     if not weights.is_file():
         raise DistillError(f"{run_dir} has no student weights ({weights.relative_to(run_dir)}): not a finished run")
+    if set(report["recipe"]) == {"python"}:
+        raise DistillError(f"{run_dir} was trained by distill.fit from Python objects, which export cannot rebuild: "
+                           "export result.student yourself, or name every part so fit writes recipe.yaml")
     recipe = recipe_from_dict(report["recipe"], source=f"{report_path} recipe")
     data = load_data(recipe)
     student = build_arch(recipe.student, data, recipe.seed)
     load_into(student, load_weights(weights), f"student weights {weights}")
-    check_classes(data, student=student)
+    check_classes(data, {"student": recipe.student.inputs}, student=student)
     student.eval()
-    x, y = data.test.x[:PARITY_SAMPLES], data.test.y[:PARITY_SAMPLES]
+    x, y = _parity_inputs(data, recipe.student.inputs), data.test.y[:PARITY_SAMPLES]
     return RunContext(run_dir, recipe, data, student, weights, x, y, predict(student, x))
+
+
+def _parity_inputs(data: DataSplits, keys: Any) -> Tensor:
+    """The first test inputs, as the one tensor the exported student takes (one key of a dict input)."""
+    x = head(data.test, PARITY_SAMPLES)
+    if not isinstance(x, dict):
+        return x
+    if not isinstance(keys, str):
+        raise DistillError(f"export: the student reads {keys!r} of a dict input; exported files take one tensor, so "
+                           "export supports a student reading one key (student.inputs: <key>)")
+    return x[keys]
 
 
 def export_student(run_dir: str | Path, fmt: str, *, int8: bool = False) -> dict[str, Any]:
@@ -279,6 +293,10 @@ def _teacher(ctx: RunContext, notes: list[str]) -> tuple[nn.Module, Path, str] |
     note when it cannot be loaded."""
     spec = ctx.recipe.teacher
     if spec is None:
+        return None
+    if spec.inputs != ctx.recipe.student.inputs:
+        notes.append(f"teacher left out: it reads input {spec.inputs!r}, the exported student "
+                     f"{ctx.recipe.student.inputs!r}")
         return None
     local = ctx.run_dir / "teacher" / "model.safetensors"
     try:

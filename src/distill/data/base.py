@@ -111,14 +111,17 @@ class DataSplits:
         """The training split with every label: a teacher trained here is not bound by the label budget."""
         return self.train if self.full_y is None else self.train.with_targets(self.full_y)
 
-    def shape_for(self, keys: str | list[str] | None) -> tuple[int, ...]:
-        """The per-sample input shape a model reading ``keys`` sees (zoo models are built for it)."""
+    def shape_for(self, keys: str | list[str] | None) -> tuple[int, ...] | None:
+        """The per-sample input shape a model reading ``keys`` sees (zoo models are built for it); None when it
+        reads several fields of a dict input (only a model of your own can)."""
         if not isinstance(self.input_shape, dict):
             return tuple(self.input_shape)
-        if isinstance(keys, str) and keys in self.input_shape:
+        if isinstance(keys, str):
+            if keys not in self.input_shape:
+                raise DistillError(f"a model reads input key {keys!r} but dataset '{self.name}' has keys "
+                                   f"{sorted(self.input_shape)}")
             return tuple(self.input_shape[keys])
-        raise DistillError(f"dataset '{self.name}' has dict inputs {sorted(self.input_shape)}: a zoo model must "
-                           "read one of them (set the model's 'inputs' to a key)")
+        return None
 
 
 DATASETS: Registry[Callable[..., RawSplits]] = Registry("dataset", "distill.datasets", adapt="distill.extend:_dataset")

@@ -137,17 +137,22 @@ class FolderImages(Dataset):
     """Images read lazily, one file per item: ``(x, label)`` with x (C, H, W) float32 in [0, 1].
 
     ``targets`` (the labels, known from the folder names) spares the one pass over the items that a Dataset
-    without it costs. Picklable, so DataLoader workers read it."""
+    without it costs. Picklable, so DataLoader workers read it. Paths and labels are numpy arrays, not lists of
+    Python objects: forked workers share them, whereas touching a list's objects (reference counts) would copy
+    its pages into every worker, memory that grows with the number of images."""
 
     def __init__(self, files: list[Path], labels: list[int], mode: str, size: int | None) -> None:
-        self.files, self.targets, self.mode, self.size = files, labels, mode, size
+        self.files = np.array([str(f) for f in files])  # (N,) fixed-width unicode, one buffer
+        self.targets = np.array(labels, dtype=np.int64)  # (N,)
+        self.mode, self.size = mode, size
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        arr = _read_image(self.files[i], self.mode, (self.size, self.size) if self.size is not None else None)
-        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), self.targets[i]  # (C, H, W)
+        size = (self.size, self.size) if self.size is not None else None
+        arr = _read_image(Path(str(self.files[i])), self.mode, size)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), int(self.targets[i])  # (C, H, W)
 
 
 def _list_split(split_dir: Path, classes: list[str], size: int | None,
