@@ -151,9 +151,10 @@ def markdown(rows: list[dict], command: str, epochs: int, workers: int) -> str:
                   f"{hi['main_peak_mb'][0] - lo['main_peak_mb'][0]:+.0f} MB, the in-memory run's by "
                   f"{_mem(rows, hi['images']) - _mem(rows, lo['images']):+.0f} MB (the decoded "
                   f"images alone are {(hi['images'] - lo['images']) * 784 * 4 / 2**20:.0f} MB more as float32). Peak "
-                  "RSS varies from run to run by tens of MB (the std above): the C allocator keeps freed heap "
-                  "memory, more of it the more steps a process has run, which is why every size trains for the "
-                  "same number of steps."]
+                  "RSS varies between runs of one configuration (the std above): besides the data it holds what the "
+                  "C allocator (glibc) keeps of freed activation and batch buffers, which depends on the order of "
+                  "allocations and grows with the steps a process has run (hence equal steps per size), not on the "
+                  "number of images; the data RSS column is what the images themselves cost."]
     return "\n".join(lines) + "\n"
 
 

@@ -42,3 +42,38 @@ def tiny_convnet() -> torch.nn.Module:
     """An importable user model for 1x8x8 inputs and 10 classes (for the ``external`` model tests)."""
     return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10))
+
+
+def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Path) -> str:
+    """Run recipe ``full`` to the end; run ``killed``, SIGKILL it (and its DataLoader workers) as soon as its
+    student wrote a checkpoint, then ``--resume`` it. Asserts both students' final weights are bit-identical;
+    returns the resumed run's stdout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distill.io import load_weights
+
+    cmd = [sys.executable, "-m", "distill.cli", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*cmd, str(full)], check=True, capture_output=True, env=env, timeout=300)
+    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    meta = out_killed / "student" / "checkpoint" / "meta.json"
+    deadline = time.time() + 240
+    while not meta.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    # kill at once: the next epoch has just started (or this epoch's checkpoint swap is finishing: also safe)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out_killed / "student" / "model.safetensors").exists()
+    resumed = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a = load_weights(out_full / "student" / "model.safetensors")
+    b = load_weights(out_killed / "student" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return resumed.stdout

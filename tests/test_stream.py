@@ -4,10 +4,8 @@ memory, resumes bit-identically after kill -9, and keeps its order a function of
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from sklearn.datasets import load_digits
 
 from distill.data import BatchLoader, StreamDataset, build_data
 from distill.io import load_weights
-from helpers import cli, write_recipe
+from helpers import cli, killed_then_resumed, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -72,25 +70,7 @@ def test_streamed_and_in_memory_runs_give_identical_weights(tmp_path: Path, caps
 def test_sigkill_then_resume_on_a_streamed_dataset_is_bit_identical(tmp_path: Path, digit_pngs: Path) -> None:
     full = write_recipe(tmp_path, _recipe(tmp_path / "a", digit_pngs), "a.yaml")
     killed = write_recipe(tmp_path, _recipe(tmp_path / "b", digit_pngs), "b.yaml")
-    cmd = [sys.executable, "-m", "distill.cli", "run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*cmd, str(full)], check=True, capture_output=True, env=env, timeout=300)
-    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    meta = tmp_path / "b" / "out" / "student" / "checkpoint" / "meta.json"
-    deadline = time.time() + 240
-    while not meta.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers, at once
-    proc.wait()
-    assert not (tmp_path / "b" / "out" / "student" / "model.safetensors").exists()
-    resumed = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True, env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout
-    a = load_weights(tmp_path / "a" / "out" / "student" / "model.safetensors")
-    b = load_weights(tmp_path / "b" / "out" / "student" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    killed_then_resumed(full, killed, tmp_path / "a" / "out", tmp_path / "b" / "out")
 
 
 def test_two_ranks_on_a_streamed_folder_give_the_weights_of_one_process(tmp_path: Path, capsys,
