@@ -27,11 +27,12 @@ class Method(nn.Module):
         # Remember the constructor's arguments, so a method object built in Python can be written back as a
         # recipe entry (``spec()``) and fingerprinted for resume.
         obj = super().__new__(cls)
+        sig = inspect.signature(cls.__init__)
         try:
-            bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+            bound = sig.bind(obj, *args, **kwargs)
             bound.apply_defaults()
             init = {k: v for k, v in list(bound.arguments.items())[1:]
-                    if inspect.signature(cls.__init__).parameters[k].kind not in (_VAR_POS, _VAR_KW)}
+                    if sig.parameters[k].kind not in (_VAR_POS, _VAR_KW)}
         except TypeError:  # __init__ itself will report the bad call
             init = None
         object.__setattr__(obj, "_init_args", init)
