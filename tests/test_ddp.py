@@ -148,6 +148,30 @@ def test_uneven_last_batch_shares() -> None:
     assert [loader.share(1) for loader in loaders] == [pytest.approx(4 / 3), pytest.approx(2 / 3)]
 
 
+def test_ranks_with_uneven_labels_average_to_the_global_labelled_mean() -> None:
+    from distill.methods.base import labelled_cross_entropy
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 4, (23,))
+    y[torch.randperm(23)[:15]] = -1  # a label budget: 8 labelled, spread unevenly over the rank chunks
+    ds = ArrayDataset(torch.randn(23, 4), y)
+    logits = torch.randn(23, 4)  # a fixed "model": logits per dataset row
+    whole = BatchLoader(ds, 10, shuffle=True, seed=1)
+    ranks = [BatchLoader(ds, 10, shuffle=True, seed=1, rank=r, world=2) for r in range(2)]
+    for loader in (whole, *ranks):
+        loader.set_epoch(0)
+    differs = []
+    for b, (one, *parts) in enumerate(zip(whole, *ranks)):
+        want = labelled_cross_entropy(logits[one.index], one.target)
+        # what DDP does: each rank's loss weighted by its share, the gradients (here the losses) averaged
+        got = sum(labelled_cross_entropy(logits[p.index], p.target, p.labelled_count) * r.share(b)
+                  for p, r in zip(parts, ranks)) / 2
+        assert torch.allclose(got, want), b
+        plain = sum(labelled_cross_entropy(logits[p.index], p.target) * r.share(b) for p, r in zip(parts, ranks)) / 2
+        differs.append(not torch.allclose(plain, want))
+    assert any(differs)  # without the global count, ranks holding different numbers of labels get it wrong
+
+
 def test_global_batch_must_divide(monkeypatch: pytest.MonkeyPatch) -> None:
     ds = ArrayDataset(torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
     with pytest.raises(DistillError, match="divisible by the 3 processes"):

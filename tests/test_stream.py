@@ -77,9 +77,8 @@ def test_two_ranks_on_a_streamed_folder_give_the_weights_of_one_process(tmp_path
                                                                          digit_pngs: Path) -> None:
     raw = _recipe(tmp_path / "one", digit_pngs, workers=1)
     raw["student"] = {"name": "mlp", "hidden": [16]}  # no BatchNorm: ranks keep their own statistics
-    # every sample labelled: with a label budget each rank averages its cross-entropy over its own labelled
-    # samples, which is not the global mean when the ranks' chunks hold different numbers of labels
-    del raw["data"]["labels_per_class"]
+    # a label budget (20 per class): the ranks' chunks hold different numbers of labels, and each rank's
+    # cross-entropy must still divide by its share of the global batch's labels (Batch.labelled_count)
     raw["train"]["epochs"] = 1
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw, "one.yaml")))
     assert code == 0, err

@@ -24,6 +24,9 @@ class Batch:
     extras: anything else a method may ask for by name.
     view:   which augmented view of its samples ``input`` is (``distill.data.augment``; 0 without
             augmentation): with ``index`` it names the teacher-cache rows that labelled exactly this input.
+    labelled_count: what the cross-entropy divides its sum by; None: this batch's own labelled count. Under
+            torchrun, the global batch's labelled count times this rank's share of the batch, so that the
+            ranks' losses average to the global mean even when their chunks hold different numbers of labels.
     """
 
     input: Tensor | dict[str, Tensor]
@@ -31,6 +34,7 @@ class Batch:
     index: Tensor
     extras: dict[str, Any] = field(default_factory=dict)
     view: int = 0
+    labelled_count: float | None = None
 
     @property
     def labelled(self) -> Tensor:
@@ -42,7 +46,7 @@ class Batch:
         move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
         x = {k: move(v) for k, v in self.input.items()} if isinstance(self.input, dict) else move(self.input)
         return Batch(x, move(self.target), move(self.index),
-                     {k: move(v) for k, v in self.extras.items()}, self.view)
+                     {k: move(v) for k, v in self.extras.items()}, self.view, self.labelled_count)
 
 
 @dataclass

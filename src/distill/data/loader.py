@@ -115,11 +115,6 @@ class BatchLoader:
         start = b * self.batch_size
         return (hi - lo) * self.world / (min(self.epoch_size, start + self.batch_size) - start)
 
-    def indices(self) -> list[Tensor]:
-        """This rank's dataset rows of every batch of the current epoch, in order."""
-        order = self.order()
-        return [order[slice(*self.chunk(b))] for b in range(len(self))]  # each (B / world,), the last maybe +-1
-
     def _inputs(self, chunks: list[Tensor]) -> Iterator[Any]:
         """The batched inputs of ``chunks``: gathered in memory, or read by the streamed split's workers (one
         DataLoader for the whole run, its batch sampler following the current epoch)."""
@@ -135,13 +130,25 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         augment = None if self.augment is None or self.augment.identity else self.augment
         view = self.view_of(self.epoch) if augment is not None else 0
-        chunks = self.indices()
-        for index, x in zip(chunks, self._inputs(chunks)):
+        order = self.order()
+        chunks = [order[slice(*self.chunk(b))] for b in range(len(self))]
+        for b, (index, x) in enumerate(zip(chunks, self._inputs(chunks))):
             if augment is not None:
                 if isinstance(x, dict):
                     raise DistillError("data.augment shifts and flips one input tensor; this data has dict inputs")
                 x = augment(x, index, view)
-            yield Batch(input=x, target=self.ds.y[index], index=index, view=view)
+            yield Batch(input=x, target=self.ds.y[index], index=index, view=view,
+                        labelled_count=self.labelled_count(order, b) if self.world > 1 else None)
+
+    def labelled_count(self, order: Tensor, b: int) -> float:
+        """The cross-entropy divisor of this rank's part of global batch ``b``: the global batch's labelled count
+        times this rank's share of its samples. With ``share`` weighting the rank's loss, the ranks' average is
+        then the global batch's labelled mean (every rank sees the whole order, so no communication)."""
+        start = b * self.batch_size
+        stop = min(self.epoch_size, start + self.batch_size)
+        lo, hi = self.chunk(b)
+        labelled = int((self.ds.y[order[start:stop]] >= 0).sum())
+        return labelled * (hi - lo) / (stop - start)
 
 
 class _EpochBatches:

@@ -17,5 +17,5 @@ class CE(Method):
         self.alpha = alpha
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
-        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target)
+        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target, batch.labelled_count)
         return LossOutput(ce, {"ce": ce})

@@ -67,6 +67,6 @@ class DIST(Method):
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "dist needs teacher outputs"
         inter, intra = dist_loss(s.logits, t.logits, self.T)
-        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target)
+        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target, batch.labelled_count)
         inter, intra = self.beta * inter, self.gamma * intra
         return LossOutput(ce + inter + intra, {"ce": ce, "inter": inter, "intra": intra})

@@ -110,6 +110,6 @@ class DKD(Method):
             s_logits, t_logits = standardize_logits(s_logits), standardize_logits(t_logits)
         tckd, nckd = dkd_loss(s_logits, t_logits, gt, self.T)
         w = warmup_weight(ctx, self.warmup_epochs)
-        ce = self.alpha * labelled_cross_entropy(s.logits, target)
+        ce = self.alpha * labelled_cross_entropy(s.logits, target, batch.labelled_count)
         tckd, nckd = w * self.dkd_alpha * tckd, w * self.dkd_beta * nckd
         return LossOutput(ce + tckd + nckd, {"ce": ce, "tckd": tckd, "nckd": nckd})

@@ -71,7 +71,7 @@ class KD(Method):
         s_logits, t_logits = s.logits, t.logits
         if self.standardize:
             s_logits, t_logits = standardize_logits(s_logits), standardize_logits(t_logits)
-        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target)
+        ce = self.alpha * labelled_cross_entropy(s.logits, batch.target, batch.labelled_count)
         if t.topk is not None and not t.topk.dense and not self.standardize:
             kd = self.beta * kd_loss_topk(s.logits, t.topk, self.T)  # cached top-k teacher
         else:
