@@ -13,12 +13,14 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     ft,
     kd,
     kdsvd,
+    lsr,
     nst,
     ofd,
     pkt,
     reviewkd,
     rkd,
     sp,
+    tfkd,
     vid,
 )
 from distill.methods.ab import AB
@@ -34,17 +36,19 @@ from distill.methods.fsp import FSP
 from distill.methods.ft import FT
 from distill.methods.kd import KD
 from distill.methods.kdsvd import KDSVD
+from distill.methods.lsr import LSR
 from distill.methods.nst import NST
 from distill.methods.ofd import OFD
 from distill.methods.pkt import PKT
 from distill.methods.reviewkd import ReviewKD
 from distill.methods.rkd import RKD
 from distill.methods.sp import SP
+from distill.methods.tfkd import TfKD
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
-           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "KD", "KDSVD", "NST", "OFD", "PKT",
-           "ReviewKD", "RKD", "SP", "VID"]
+           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "KD", "KDSVD", "LSR", "NST", "OFD",
+           "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:

@@ -80,16 +80,19 @@ def _plain(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
-def labelled_cross_entropy(logits: Tensor, target: Tensor, count: float | None = None) -> Tensor:
+def labelled_cross_entropy(logits: Tensor, target: Tensor, count: float | None = None,
+                           smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy over the labelled samples of a batch; unlabelled (-1) samples are skipped.
 
     logits: (B, C); target: (B,) with -1 for transfer-set samples. A batch with no label gives a zero that
     still belongs to the graph, so the caller need not special-case it. No host sync and no boolean
     indexing: the sum over labelled samples is divided by their count on the device. ``count``
     (``Batch.labelled_count``): the divisor to use instead, so that data-parallel ranks holding different
-    numbers of labels still average to the global batch's mean.
+    numbers of labels still average to the global batch's mean. ``smoothing``: label smoothing (Szegedy et al.
+    2016; torch's convention, ``smoothing / C`` on every class).
     """
-    total = nn.functional.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum")
+    total = nn.functional.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum",
+                                        label_smoothing=smoothing)
     if count is not None:
         return total / max(float(count), 1e-12) if count > 0 else total * 0.0
     return total / (target >= 0).sum().clamp(min=1)

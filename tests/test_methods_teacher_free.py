@@ -1,0 +1,69 @@
+"""Teacher-free methods against hand computations: Tf-KD's virtual teacher (Yuan et al. 2020) and label
+smoothing (Szegedy et al. 2016)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.methods import build_method
+from distill.methods.tfkd import tfkd_loss, virtual_teacher
+from distill.types import UNLABELLED, Batch, ModelOutput, StepContext
+
+CTX = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+S = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [0.3, 0.1, -0.2]]
+
+
+def _softmax(v: list[float], T: float = 1.0) -> list[float]:
+    e = [math.exp(x / T) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def _batch(target: list[int]) -> Batch:
+    t = torch.tensor(target)
+    return Batch(torch.zeros(len(t), 3), t, torch.arange(len(t)))
+
+
+def test_virtual_teacher_is_the_reference_distribution() -> None:
+    u = virtual_teacher(torch.tensor([2, 0]), 4, 0.99)
+    assert torch.allclose(u, torch.tensor([[0.01 / 3, 0.01 / 3, 0.99, 0.01 / 3], [0.99, 0.01 / 3, 0.01 / 3, 0.01 / 3]]))
+
+
+def test_tfkd_loss_matches_hand_computation_and_skips_unlabelled() -> None:
+    T, cp, target = 20.0, 0.99, [1, UNLABELLED, 2]
+    expected = 0.0
+    for s, y in ((S[0], 1), (S[2], 2)):  # the unlabelled row has no virtual teacher
+        u = [cp if k == y else (1 - cp) / 2 for k in range(3)]
+        p_v, p_s = _softmax(u, T), _softmax(s)
+        expected += sum(p * math.log(p / q) for p, q in zip(p_v, p_s))
+    got = tfkd_loss(torch.tensor(S), torch.tensor(target), T, cp)
+    assert got.item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def test_tfkd_method_weights_its_terms_like_the_reference() -> None:
+    method = build_method("tfkd", T=20.0, alpha=0.3, beta=2.0)
+    assert not method.needs.teacher
+    out = method(ModelOutput(torch.tensor(S)), None, _batch([1, 0, 2]), CTX)
+    ce = -sum(math.log(_softmax(s)[y]) for s, y in zip(S, [1, 0, 2])) / 3
+    reg = tfkd_loss(torch.tensor(S), torch.tensor([1, 0, 2]), 20.0, 0.99).item()
+    assert out.terms["ce"].item() == pytest.approx(0.7 * ce, rel=1e-6)
+    assert out.terms["tfkd"].item() == pytest.approx(0.3 * 2.0 * reg, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.7 * ce + 0.6 * reg, rel=1e-6)
+    # beta = multiplier / C: the reference's elementwise-mean KLDivLoss times its multiplier is the same number
+    reference = torch.nn.KLDivLoss()(torch.log_softmax(torch.tensor(S), 1),
+                                     torch.softmax(virtual_teacher(torch.tensor([1, 0, 2]), 3, 0.99) / 20.0, 1)) * 6.0
+    assert reference.item() == pytest.approx(2.0 * reg, rel=1e-6)
+
+
+def test_lsr_is_cross_entropy_against_smoothed_labels() -> None:
+    eps, target = 0.2, [1, UNLABELLED, 2]
+    out = build_method("lsr", eps=eps)(ModelOutput(torch.tensor(S)), None, _batch(target), CTX)
+    expected = 0.0
+    for s, y in ((S[0], 1), (S[2], 2)):
+        q = [(1 - eps) * (k == y) + eps / 3 for k in range(3)]
+        expected -= sum(qk * math.log(pk) for qk, pk in zip(q, _softmax(s)))
+    assert out.loss.item() == pytest.approx(expected / 2, rel=1e-6)
+    with pytest.raises(ValueError):
+        build_method("lsr", eps=1.0)
