@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.bench import mean_std, method_specs
+from distill.bench import mean_std, method_specs, select_methods
 from distill.cli import main
+from distill.errors import DistillError
 from distill.recipe import recipe_from_dict
 from helpers import cli, digits_recipe, write_recipe
 
@@ -135,6 +136,12 @@ def test_method_specs_compose_and_take_arguments(tmp_path: Path) -> None:
     kd = method_specs(recipe, "kd", {"kd": {"T": 2.0}})  # the recipe's own kd arguments, updated
     assert kd == [{"name": "kd", "weight": 1.0, "T": 2.0, "alpha": 0.5, "beta": 0.5}]
     assert method_specs(recipe, "rkd", {"rkd": {"weight": 0.5}}) == [{"name": "ce"}, {"name": "rkd", "weight": 0.5}]
+    # a combination is the methods themselves (kd brings its own cross-entropy), each with its arguments
+    combo = method_specs(recipe, "kd+rkd", {"rkd": {"w_dist": 1.0}})
+    assert combo == [kd[0] | {"T": 4.0}, {"name": "rkd", "w_dist": 1.0}]
+    assert select_methods("kd, kd+rkd") == ["kd", "kd+rkd"]
+    with pytest.raises(DistillError, match="unknown method 'rdk'"):
+        select_methods("kd+rdk")
 
 
 def test_mean_std_uses_sample_std() -> None:

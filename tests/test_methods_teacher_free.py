@@ -67,3 +67,38 @@ def test_lsr_is_cross_entropy_against_smoothed_labels() -> None:
     assert out.loss.item() == pytest.approx(expected / 2, rel=1e-6)
     with pytest.raises(ValueError):
         build_method("lsr", eps=1.0)
+
+
+# ------------------------------------------------------------------------------------------ irg (graphs)
+
+
+def test_distance_graph_and_transition_match_hand_computation() -> None:
+    from distill.methods.graph import distance_graph, transition
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    d = distance_graph(x)
+    assert torch.allclose(d, torch.tensor([[0, 25, 100], [25, 0, 25], [100, 25, 0]]) / 100.0)
+    assert torch.allclose(distance_graph(7.0 * x), d)  # scale-free: student and teacher widths may differ
+    f1 = torch.arange(16.0).reshape(1, 2, 8).repeat(2, 1, 1)  # (B=2, C=2, L=8)
+    f1[1] *= 2
+    f2 = torch.zeros(2, 4, 4)  # (B, 4, 4): pooled f1 (B, 2, 4) against channel pairs averaged (B, 2, 4)
+    pooled = torch.nn.functional.adaptive_avg_pool1d(f1, 4)
+    want = (pooled ** 2).flatten(1).sum(1)
+    assert torch.allclose(transition(f1, f2), want / want.max())
+
+
+def test_irg_terms_and_a_perfect_student() -> None:
+    torch.manual_seed(0)
+    method = build_method("irg", student_layers=["a", "b", "e"], teacher_layers=["a", "b", "e"])
+    feats = {"a": torch.randn(5, 4, 8), "b": torch.randn(5, 8, 4), "e": torch.randn(5, 6)}
+    logits = torch.randn(5, 3)
+    same = method(ModelOutput(logits, feats), ModelOutput(logits, feats), _batch([0, 1, 2, 0, 1]), CTX)
+    assert same.loss.item() == pytest.approx(0.0, abs=1e-7)  # a student that is its teacher has nothing to learn
+    scaled = {k: 3.0 * v for k, v in feats.items()}  # wider scale: edges and transformations are normalised
+    out = method(ModelOutput(logits + 1.0, scaled), ModelOutput(logits, feats), _batch([0, 1, 2, 0, 1]), CTX)
+    assert out.terms["irg_edge"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out.terms["irg_tran"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out.terms["irg_vert"].item() == pytest.approx(0.1 * 1.0, rel=1e-6)  # w_vert * MSE of a +1 shift
+    other = {k: torch.randn_like(v) for k, v in feats.items()}
+    moved = method(ModelOutput(logits, other), ModelOutput(logits, feats), _batch([0, 1, 2, 0, 1]), CTX)
+    assert moved.terms["irg_edge"].item() > 0 and moved.terms["irg_tran"].item() > 0

@@ -59,14 +59,16 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def select_methods(text: str) -> list[str]:
-    """``all`` (every registered method except ce) or a comma-separated list; unknown names raise."""
+    """``all`` (every registered method except ce) or a comma-separated list; ``kd+irg`` is one entry that
+    combines methods (their terms summed). Unknown names raise."""
     if text.strip() == "all":
         return [n for n in METHODS.names() if n != "ce"]
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
-        raise DistillError("--methods: give 'all' or a comma-separated list of methods, e.g. kd,dkd,rkd")
+        raise DistillError("--methods: give 'all' or a comma-separated list of methods, e.g. kd,dkd,rkd,kd+irg")
     for name in names:
-        METHODS.get(name)  # unknown name: DistillError with suggestions
+        for part in name.split("+"):
+            METHODS.get(part.strip())  # unknown name: DistillError with suggestions
         if name == "ce":
             raise DistillError("--methods: 'ce' is the scratch baseline, which every bench includes")
     return names
@@ -97,12 +99,18 @@ def load_method_args(path: str | None) -> dict[str, dict[str, Any]]:
 
 def method_specs(recipe: Recipe, name: str, method_args: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The ``methods`` list of one bench run: the method alone when it is a logit method with its own CE,
-    else ``[ce, method]``. Arguments: the recipe's own entry for that method, updated by ``method_args``."""
-    own = next((m for m in recipe.methods if m.name == name), None)
-    spec = {"name": name, **(own.model_dump(mode="json") if own else {}), **method_args.get(name, {})}
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight")}
-    method = METHODS.get(name)(**kwargs)  # may raise DistillError: the caller records the method as skipped
-    return [spec] if not method.needs.student_taps else [{"name": "ce"}, spec]
+    else ``[ce, method]``; for a combination ``a+b``, the methods themselves. Arguments: the recipe's own entry
+    for each method, updated by ``method_args``."""
+    specs = []
+    for part in (p.strip() for p in name.split("+")):
+        own = next((m for m in recipe.methods if m.name == part), None)
+        spec = {"name": part, **(own.model_dump(mode="json") if own else {}), **method_args.get(part, {})}
+        kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight")}
+        method = METHODS.get(part)(**kwargs)  # may raise DistillError: the caller records the method as skipped
+        specs.append(spec)
+    if len(specs) > 1:
+        return specs
+    return specs if not method.needs.student_taps else [{"name": "ce"}, specs[0]]
 
 
 def run_recipe(recipe: Recipe, seed: int, out: Path, methods: list[dict[str, Any]]) -> Recipe:
