@@ -12,21 +12,22 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from torch import nn
 
-from distill.build import build_arch, load_model_weights
+from distill.build import build_arch
 from distill.cache.build import dataset_hash, hash_tensors
 from distill.data import DataSplits, build_data, python_data
 from distill.data.augment import Augment
-from distill.engine.dist import distributed, main_log
+from distill.engine.dist import distributed, main_log, on_main
 from distill.errors import DistillError
 from distill.io import write_text
 from distill.methods import METHODS, Method, MethodSet
-from distill.plan import Plan, TeacherPart, plan_from_recipe
+from distill.plan import Plan, TeacherPart, plan_from_recipe, teacher_part
 from distill.recipe import (
     AugmentSpec,
     CacheSpec,
@@ -83,7 +84,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
         text = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
         with distributed(device):
             outcome = execute(plan_from_recipe(recipe), resume=resume, log=main_log(log))
-        write_text(recipe.out / "recipe.yaml", text)
+            on_main(partial(write_text, recipe.out / "recipe.yaml", text))  # rank 0 alone writes, as for the run
         return _result(outcome, text)
     if teacher is None and any(m.needs.teacher for m, _, _ in method_list):
         raise DistillError("fit: the methods need a teacher: pass teacher= (or use methods=['ce'])")
@@ -211,12 +212,7 @@ def _teacher(teacher: Any, data: DataSplits, seed: int, train: TrainSpec, inputs
     named = _named(teacher)
     if named is None:
         raise DistillError(f"fit: teacher is a {type(teacher).__name__}: give an nn.Module, a model name or a dict")
-    spec = _model_spec(named, "teacher", inputs)
-    model = build_arch(spec, data, seed)
-    weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
-    return TeacherPart(model, spec.model_dump(mode="json", exclude={"train", "weights"}),
-                       normalize=spec.normalize.pair() if spec.normalize else norm, inputs=spec.inputs,
-                       weights=weights, train=None if weights else spec.train or train)
+    return teacher_part(_model_spec(named, "teacher", inputs), data, seed, train, norm)
 
 
 def _augment(augment: dict[str, Any] | None) -> Augment | None:

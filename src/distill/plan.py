@@ -19,7 +19,7 @@ from distill.build import build_arch, build_augment, build_methods, load_data, l
 from distill.data import Augment, DataSplits
 from distill.methods import MethodSet
 from distill.models import FrozenTeacher, Keys
-from distill.recipe import CacheSpec, Recipe, TrainSpec
+from distill.recipe import CacheSpec, ModelSpec, Recipe, TrainSpec
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -68,20 +68,24 @@ class Plan:
 def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     """Build a recipe into a Plan: data, models (weights loaded), methods. ``data`` reuses loaded splits."""
     data = load_data(recipe) if data is None else data
-    spec = recipe.teacher
-    teacher = None
-    if spec is not None:
-        model = build_arch(spec, data, recipe.seed)
-        weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
-        teacher = TeacherPart(model, spec.model_dump(mode="json", exclude={"train", "weights"}),
-                              normalize=spec.normalize.pair() if spec.normalize else None, inputs=spec.inputs,
-                              weights=weights, train=None if weights else spec.train or recipe.train)
+    teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
     return Plan(name=recipe.name, seed=recipe.seed, out=recipe.out, device=recipe.device, data=data,
                 student=build_arch(recipe.student, data, recipe.seed), methods=build_methods(recipe),
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
                 identity=recipe_identity(recipe), recipe=recipe)
+
+
+def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
+                 normalize: Norm | None = None) -> TeacherPart:
+    """A named teacher: built, its weights loaded, or marked to be trained here (with its own ``train`` section or
+    ``train``). ``normalize``: its input normalisation when the spec names none."""
+    model = build_arch(spec, data, seed)
+    weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
+    return TeacherPart(model, spec.model_dump(mode="json", exclude={"train", "weights"}),
+                       normalize=spec.normalize.pair() if spec.normalize else normalize, inputs=spec.inputs,
+                       weights=weights, train=None if weights else spec.train or train)
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
