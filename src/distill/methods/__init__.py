@@ -11,6 +11,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     fitnet,
     fsp,
     ft,
+    hkd,
     irg,
     kd,
     kdsvd,
@@ -35,6 +36,7 @@ from distill.methods.dkd import DKD
 from distill.methods.fitnet import FitNet
 from distill.methods.fsp import FSP
 from distill.methods.ft import FT
+from distill.methods.hkd import HKD
 from distill.methods.irg import IRG
 from distill.methods.kd import KD
 from distill.methods.kdsvd import KDSVD
@@ -49,8 +51,8 @@ from distill.methods.tfkd import TfKD
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
-           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "IRG", "KD", "KDSVD", "LSR", "NST",
-           "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
+           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "HKD", "IRG", "KD", "KDSVD", "LSR",
+           "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:
