@@ -44,9 +44,11 @@ def tiny_convnet() -> torch.nn.Module:
                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10))
 
 
-def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Path) -> str:
+def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Path, role: str = "student",
+                        weights: tuple[str, ...] = ("student/model.safetensors",)) -> str:
     """Run recipe ``full`` to the end; run ``killed``, SIGKILL it (and its DataLoader workers) as soon as its
-    student wrote a checkpoint, then ``--resume`` it. Asserts both students' final weights are bit-identical;
+    ``role`` (a folder under the output directory) wrote a checkpoint, then ``--resume`` it. Asserts that every
+    file of ``weights`` (final weights, relative to the output directory) is bit-identical between the two runs;
     returns the resumed run's stdout."""
     import os
     import signal
@@ -61,7 +63,7 @@ def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Pa
     subprocess.run([*cmd, str(full)], check=True, capture_output=True, env=env, timeout=300)
     proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
-    meta = out_killed / "student" / "checkpoint" / "meta.json"
+    meta = out_killed / role / "checkpoint" / "meta.json"
     deadline = time.time() + 240
     while not meta.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -69,11 +71,11 @@ def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Pa
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out_killed / "student" / "model.safetensors").exists()
+    assert not (out_killed / role / "model.safetensors").exists()
     resumed = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
-    a = load_weights(out_full / "student" / "model.safetensors")
-    b = load_weights(out_killed / "student" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for rel in weights:
+        a, b = load_weights(out_full / rel), load_weights(out_killed / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
     return resumed.stdout

@@ -34,10 +34,10 @@ class DigitsItems(Dataset):
 class TinyNet(nn.Module):
     """A student: 64 -> hidden -> 10."""
 
-    def __init__(self, hidden: int = 16) -> None:
+    def __init__(self, hidden: int = 16, classes: int = 10) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(64, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 10)
+        self.head = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x.flatten(1)))

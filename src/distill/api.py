@@ -27,13 +27,14 @@ from distill.engine.dist import distributed, main_log, on_main
 from distill.errors import DistillError
 from distill.io import write_text
 from distill.methods import METHODS, Method, MethodSet
-from distill.plan import Plan, TeacherPart, plan_from_recipe, teacher_part
+from distill.plan import Peer, Plan, TeacherPart, plan_from_recipe, teacher_part
 from distill.recipe import (
     AugmentSpec,
     CacheSpec,
     MethodSpec,
     ModelSpec,
     NormSpec,
+    StrategySpec,
     TrainSpec,
     _cache_shorthand,
     recipe_from_dict,
@@ -41,6 +42,7 @@ from distill.recipe import (
 )
 from distill.run import Outcome, execute
 from distill.spec_check import check_kwargs
+from distill.strategies import STRATEGIES, Strategy, build_strategy
 
 Part = nn.Module | str | dict[str, Any]
 
@@ -65,10 +67,15 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
         labels_per_class: int | None = None, num_classes: int | None = None, normalize: Any = None,
         augment: dict[str, Any] | None = None, workers: int | None = None, cache: str | dict[str, Any] = "auto",
         compare: bool = True, latency: bool = True, teacher_inputs: Any = None, student_inputs: Any = None,
-        teacher_normalize: Any = None, resume: bool = False, log: Callable[[str], None] = print) -> FitResult:
+        teacher_normalize: Any = None, strategy: str | dict[str, Any] = "offline",
+        teachers: dict[str, Part] | None = None, peers: dict[str, Part] | None = None, resume: bool = False,
+        log: Callable[[str], None] = print) -> FitResult:
     """Distil ``teacher`` into ``student`` on ``train`` and write the report; see the module doc for the forms
     each argument takes. ``training`` is a recipe's ``train`` section (optimizer, schedule, precision, ...);
     ``epochs`` overrides its epochs. ``val``/``test`` missing: split off train (10% each, stratified).
+    ``strategy``: who teaches whom (``"offline"``, ``"multi_teacher"``, ``"mutual"``, ``"born_again"``, or a dict
+    with its arguments, e.g. ``{"name": "born_again", "generations": 2}``); ``teachers``: several named teachers
+    (multi_teacher); ``peers``: named students trained beside ``student`` (mutual).
 
     A teacher module is taken as pretrained; a zoo teacher without ``weights`` is trained here first, as in a
     recipe. Data given as Datasets or tensors is used as given (no normalisation). Raises ``DistillError``
@@ -86,8 +93,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
             outcome = execute(plan_from_recipe(recipe), resume=resume, log=main_log(log))
             on_main(partial(write_text, recipe.out / "recipe.yaml", text))  # rank 0 alone writes, as for the run
         return _result(outcome, text)
-    if teacher is None and any(m.needs.teacher for m, _, _ in method_list):
-        raise DistillError("fit: the methods need a teacher: pass teacher= (or use methods=['ce'])")
+    strat = _strategy(strategy, teacher, teachers, peers, method_list)
     with distributed(device):
         data = _data(train, val, test, seed, num_classes, labels_per_class, normalize, workers)
         plan = Plan(name=name, seed=seed, out=Path(output_dir or f"runs/{name}"), device=device, data=data,
@@ -95,9 +101,23 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
                     train=spec, teacher=_teacher(teacher, data, seed, spec, teacher_inputs, teacher_normalize),
                     student_inputs=student_inputs, batch_size=batch_size, eval_batch_size=eval_batch_size,
                     cache=validate_part(CacheSpec, _cache_shorthand(cache), "cache"),
-                    augment=_augment(augment), compare=compare, latency=latency)
+                    augment=_augment(augment), compare=compare, latency=latency, strategy=strat)
+        plan.teachers = {n: _teacher(t, data, seed, spec, None, None) for n, t in (teachers or {}).items()}
+        plan.peers = {n: Peer(_student(p, data, seed + i, None)) for i, (n, p) in enumerate((peers or {}).items(), 1)}
+        plan.fresh_student = None if isinstance(student, nn.Module) else \
+            (lambda s: _student(student, data, s, student_inputs))
         plan.identity = _identity(plan, method_list)
         return _result(execute(plan, resume=resume, log=main_log(log)), None)
+
+
+def _strategy(strategy: Any, teacher: Any, teachers: Any, peers: Any, methods: list) -> Strategy:
+    """The strategy of a Python run, checked as a recipe's would be (one DistillError line)."""
+    spec = validate_part(StrategySpec, {"name": strategy} if isinstance(strategy, str) else strategy, "strategy")
+    check_kwargs(STRATEGIES.get(spec.name), spec.kwargs, "strategy", f"strategy '{spec.name}'")
+    built = build_strategy(spec.name, spec.kwargs)
+    built.check_parts(teacher=teacher is not None, teachers=list(teachers or {}), peers=list(peers or {}),
+                      methods=[(type(m).__name__.lower(), m.needs, m.teacher_key) for m, _, _ in methods])
+    return built
 
 
 def _training(training: TrainSpec | dict[str, Any] | None, epochs: int | None) -> TrainSpec:
@@ -121,7 +141,9 @@ def _methods(methods: Any) -> list[tuple[Method, float, dict[str, Any] | None]]:
             raise DistillError(f"fit: methods[{i}] is a {type(m).__name__}: give a Method, a name or a dict")
         ms = validate_part(MethodSpec, entry, f"methods.{i}")
         check_kwargs(METHODS.get(ms.name), ms.kwargs, f"methods.{i}", f"method '{ms.name}'")
-        out.append((METHODS.get(ms.name)(**ms.kwargs), ms.weight, entry))
+        method = METHODS.get(ms.name)(**ms.kwargs)
+        method.teacher_key = ms.teacher
+        out.append((method, ms.weight, entry))
     if not out:
         raise DistillError("fit: methods is empty; give at least one (e.g. 'kd')")
     return out
@@ -156,7 +178,13 @@ def _raw_recipe(teacher: Any, student: Any, train: Any, methods: list, spec: Tra
         data["normalize"] = _norm_dict(args["normalize"])
     raw = {"name": args["name"], "seed": args["seed"], "device": args["device"], "compare": args["compare"],
            "data": data, "student": s, "methods": entries, "train": spec.model_dump(mode="json"),
-           "cache": args["cache"], "eval": {"latency": args["latency"]}}
+           "cache": args["cache"], "eval": {"latency": args["latency"]}, "strategy": args["strategy"]}
+    for group in ("teachers", "peers"):
+        if args[group]:
+            named = {n: _named(p) for n, p in args[group].items()}
+            if None in named.values():
+                return None
+            raw[group] = named
     if args["output_dir"] is not None:
         raw["output_dir"] = str(args["output_dir"])
     return raw | ({"teacher": t} if t is not None else {})
@@ -243,11 +271,27 @@ def _identity(plan: Plan, methods: list) -> dict[str, Any]:
             "methods": [e if e is not None else {"class": _qualname(m), "weight": w,
                                                  "args": repr(getattr(m, "_init_args", None))}
                         for m, w, e in methods],
-            "train": plan.train.model_dump(mode="json"), "cache": json.loads(plan.cache.model_dump_json())}
+            "train": plan.train.model_dump(mode="json"), "cache": json.loads(plan.cache.model_dump_json()),
+            **_roles_identity(plan)}
+
+
+def _roles_identity(plan: Plan) -> dict[str, Any]:
+    """Strategy, named teachers and peers of a Python run (absent for one teacher, so fingerprints stay)."""
+    out: dict[str, Any] = {}
+    if plan.strategy is not None and plan.strategy.key() != "offline":
+        out["strategy"] = {"name": plan.strategy.key(), **plan.strategy.args()}
+    if plan.teachers:
+        out["teachers"] = {n: {**t.spec, "weights": hash_tensors(t.model.state_dict())}
+                           for n, t in plan.teachers.items()}
+    if plan.peers:
+        out["peers"] = {n: {"module": _qualname(p.model), "init": hash_tensors(p.model.state_dict())}
+                        for n, p in plan.peers.items()}
+    return out
 
 
 def _result(outcome: Outcome, recipe: str | None) -> FitResult:
-    student = outcome.trained["student"]
+    # the distilled student; born_again's is its last generation
+    student = outcome.trained.get("student") or list(outcome.trained.values())[-1]
     return FitResult(student=student.model, models={r: t.model for r, t in outcome.trained.items()},
                      metrics=outcome.metrics, report_path=outcome.report, recipe=recipe, history=student.history)
 

@@ -104,8 +104,9 @@ def method_specs(recipe: Recipe, name: str, method_args: dict[str, dict[str, Any
     specs = []
     for part in (p.strip() for p in name.split("+")):
         own = next((m for m in recipe.methods if m.name == part), None)
-        spec = {"name": part, **(own.model_dump(mode="json") if own else {}), **method_args.get(part, {})}
-        kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight")}
+        spec = {"name": part, **(own.model_dump(mode="json", exclude_none=True) if own else {}),
+                **method_args.get(part, {})}
+        kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight", "teacher")}
         method = METHODS.get(part)(**kwargs)  # may raise DistillError: the caller records the method as skipped
         specs.append(spec)
     if len(specs) > 1:
@@ -211,9 +212,10 @@ def _line(e: BaseException) -> str:
 
 
 def format_command(recipe: str, overrides: Sequence[str], *, methods: str, seeds: int,
-                   method_args: str | None = None, resume: bool = False) -> str:
+                   method_args: str | None = None, resume: bool = False, strategies: str | None = None) -> str:
     """The ``distill bench`` command line that reproduces a bench, shell-quoted."""
-    argv = ["distill", "bench", recipe, *overrides, "--methods", methods, "--seeds", str(seeds)]
+    which = ["--strategies", strategies] if strategies is not None else ["--methods", methods]
+    argv = ["distill", "bench", recipe, *overrides, *which, "--seeds", str(seeds)]
     argv += ["--method-args", method_args] if method_args else []
     return shlex.join(argv + (["--resume"] if resume else []))
 
@@ -227,7 +229,7 @@ def ordered(rows: list[Row]) -> list[Row]:
 
 
 def write_bench(root: Path, rows: list[Row], *, command: str, recipe: Recipe, seeds: list[int],
-                plans: dict[str, list[dict[str, Any]]]) -> Path:
+                plans: dict[str, list[dict[str, Any]]], footer: str | None = None) -> Path:
     """Write bench.json, bench.csv, bench.png and (last) bench.md atomically; returns bench.md's path."""
     rows = ordered(rows)
     scratch = next((r.stat("last")[0] for r in rows if r.method == "scratch"), None)
@@ -240,7 +242,7 @@ def write_bench(root: Path, rows: list[Row], *, command: str, recipe: Recipe, se
     write_text(root / "bench.csv", _csv(summary, seeds))
     _plot(root / "bench.png", [r for r in rows if r.last and r.status == "ok"], recipe.name)
     md = root / "bench.md"
-    write_text(md, _markdown(summary, command, recipe, seeds, plans))
+    write_text(md, _markdown(summary, command, recipe, seeds, plans, footer))
     return md
 
 
@@ -282,15 +284,18 @@ def _md_row(r: dict[str, Any]) -> str:
 
 
 def _markdown(summary: list[dict[str, Any]], command: str, recipe: Recipe, seeds: list[int],
-              plans: dict[str, list[dict[str, Any]]]) -> str:
+              plans: dict[str, list[dict[str, Any]]], footer: str | None = None) -> str:
     t, s = recipe.teacher, recipe.student
+    teacher = t.name if t else ", ".join(recipe.teachers or {}) or DASH
     lines = [f"# bench: {recipe.name}", "", "```bash", command, "```", "",
-             f"Teacher `{t.name if t else DASH}` -> student `{s.name}` on `{recipe.data.name}`, seeds "
+             f"Teacher `{teacher}` -> student `{s.name}` on `{recipe.data.name}`, seeds "
              f"{', '.join(map(str, seeds))}. Test top-1 in %, mean ± std over seeds (sample std); best = test "
              "top-1 at the best-validation epoch; delta = mean top-1 (last) minus scratch's, in points.", "",
              "| method | runs | top-1 last (%) | top-1 best (%) | delta vs scratch (last) | s/epoch |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [_md_row(r) for r in summary]
+    if footer is not None:
+        return "\n".join([*lines, "", footer, ""])
     alone = [n for n, specs in plans.items() if len(specs) == 1]
     combined = [n for n, specs in plans.items() if len(specs) > 1]
     lines += ["", f"Used alone (they include their own cross-entropy): {', '.join(alone) or DASH}. "

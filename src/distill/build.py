@@ -114,6 +114,9 @@ def check_classes(data: DataSplits, inputs: dict[str, Keys] | None = None, **mod
 def build_methods(recipe: Recipe) -> MethodSet:
     """The recipe's methods (with their weights) as one MethodSet."""
     methods = [METHODS.get(m.name)(**m.kwargs) for m in recipe.methods]
+    for method, spec in zip(methods, recipe.methods):
+        if spec.teacher is not None:
+            method.teacher_key = spec.teacher
     return MethodSet(methods, [m.weight for m in recipe.methods])
 
 

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("recipe")
     b.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
     b.add_argument("--methods", default="all", help="'all' (every method but ce) or a list like kd,dkd,rkd")
+    b.add_argument("--strategies", help="compare strategies instead of methods: e.g. offline,mutual,born_again, "
+                   "multi_teacher:weighting=entropy, offline:teacher=<name>")
     b.add_argument("--seeds", type=int, default=1, help="number of seeds, from the recipe's seed up")
     b.add_argument("--method-args", help="YAML file: method name -> keyword arguments (e.g. layer paths)")
     b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
@@ -128,9 +130,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from distill.bench import bench, format_command
 
         command = format_command(args.recipe, args.overrides, methods=args.methods, seeds=args.seeds,
-                                 method_args=args.method_args, resume=args.resume)
-        path = bench(recipe, methods=args.methods, seeds=args.seeds, method_args=args.method_args,
-                     resume=args.resume, command=command)
+                                 method_args=args.method_args, resume=args.resume, strategies=args.strategies)
+        if args.strategies is not None:
+            from distill.bench_strategies import bench_strategies
+
+            path = bench_strategies(recipe, strategies=args.strategies, seeds=args.seeds, resume=args.resume,
+                                    command=command)
+        else:
+            path = bench(recipe, methods=args.methods, seeds=args.seeds, method_args=args.method_args,
+                         resume=args.resume, command=command)
         print(f"bench written to {Path(path).resolve()}")
     return 0
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -20,6 +21,9 @@ from distill.data import Augment, DataSplits
 from distill.methods import MethodSet
 from distill.models import FrozenTeacher, Keys
 from distill.recipe import CacheSpec, ModelSpec, Recipe, TrainSpec
+
+if TYPE_CHECKING:
+    from distill.strategies import Strategy
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -39,6 +43,15 @@ class TeacherPart:
         """Eval mode, no gradients, its own normalisation and input keys, enforced in one place."""
         return FrozenTeacher(self.model, student_norm=(tuple(data.mean), tuple(data.std)),
                              teacher_norm=self.normalize, inputs=self.inputs)
+
+
+@dataclass
+class Peer:
+    """A student trained beside the plan's ``student`` (strategy mutual): its module and the input keys it reads."""
+
+    model: nn.Module
+    inputs: Keys = None
+    spec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,18 +76,30 @@ class Plan:
     latency: bool = True
     identity: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe | None = None  # the recipe this plan was built from (or that a Python run is equivalent to)
+    strategy: Strategy | None = None  # who teaches whom; None: offline
+    teachers: dict[str, TeacherPart] = field(default_factory=dict)  # several named teachers (multi_teacher)
+    peers: dict[str, Peer] = field(default_factory=dict)  # students trained beside `student` (mutual)
+    fresh_student: Callable[[int], nn.Module] | None = None  # a new student initialised from a seed
 
 
 def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     """Build a recipe into a Plan: data, models (weights loaded), methods. ``data`` reuses loaded splits."""
+    from distill.strategies import build_strategy
+
     data = load_data(recipe) if data is None else data
     teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
+    teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
+    # each peer starts from its own initialisation: identical students would stay identical under mutual learning
+    peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs, s.model_dump(mode="json"))
+             for i, (k, s) in enumerate((recipe.peers or {}).items(), start=1)}
     return Plan(name=recipe.name, seed=recipe.seed, out=recipe.out, device=recipe.device, data=data,
                 student=build_arch(recipe.student, data, recipe.seed), methods=build_methods(recipe),
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
-                identity=recipe_identity(recipe), recipe=recipe)
+                identity=recipe_identity(recipe), recipe=recipe,
+                strategy=build_strategy(recipe.strategy.name, recipe.strategy.kwargs), teachers=teachers,
+                peers=peers, fresh_student=lambda seed: build_arch(recipe.student, data, seed))
 
 
 def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
@@ -95,6 +120,14 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     for part, key in (("data", "augment"), ("data", "workers"), ("teacher", "inputs"), ("student", "inputs")):
         if isinstance(body.get(part), dict) and body[part].get(key) is None:
             body[part].pop(key, None)
+    for key in ("teachers", "peers"):
+        if body.get(key) is None:
+            body.pop(key, None)
+    if body.get("strategy") == {"name": "offline"}:
+        body.pop("strategy")
+    for m in body.get("methods", []):
+        if m.get("teacher") is None:
+            m.pop("teacher", None)
     return body
 
 
@@ -103,8 +136,14 @@ ROLE_KEYS = {"teacher": {"seed", "data", "teacher", "train", "device"},
 
 
 def fingerprint(identity: dict[str, Any], role: str) -> str:
-    """Identity of a role's training: resuming is refused when anything that shapes it changed."""
+    """Identity of a role's training: resuming is refused when anything that shapes it changed. A teacher
+    trained here (``teacher``, ``teachers/<name>``) and a scratch baseline (``scratch``, ``scratch_<peer>``)
+    depend on less than the whole recipe, so runs that differ only in methods or strategy share them."""
     keep = ROLE_KEYS.get(role)
+    if role.startswith("teachers/"):
+        keep = {"seed", "data", "teachers", "train", "device"}
+    elif role.startswith("scratch_"):
+        keep = {"seed", "data", "student", "peers", "train", "device"}
     body = {k: v for k, v in identity.items() if keep is None or k in keep}
     body["role"] = role
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

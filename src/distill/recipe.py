@@ -109,6 +109,14 @@ class ModelSpec(_Open):
 
 class MethodSpec(_Open):
     weight: float = 1.0
+    teacher: str | None = None  # strategy multi_teacher: the named teacher this method reads (default: the ensemble)
+
+
+class StrategySpec(_Open):
+    """``strategy``: who teaches whom (``distill.strategies``); ``strategy: mutual`` is short for
+    ``{name: mutual}``. Extra keys are the strategy's arguments."""
+
+    name: str = "offline"
 
 
 class CacheSpec(_Strict):
@@ -150,7 +158,10 @@ class Recipe(_Strict):
     compare: bool = True
     data: DataSpec
     teacher: ModelSpec | None = None
+    teachers: dict[str, ModelSpec] | None = None  # several named teachers (strategy multi_teacher)
     student: ModelSpec
+    peers: dict[str, ModelSpec] | None = None  # students trained beside `student` (strategy mutual)
+    strategy: StrategySpec = StrategySpec()
     methods: list[MethodSpec] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
     cache: CacheSpec = CacheSpec()
@@ -167,6 +178,8 @@ class Recipe(_Strict):
             raw["methods"] = [raw.pop("method")]
         if isinstance(raw, dict) and "cache" in raw:
             raw = {**raw, "cache": _cache_shorthand(raw["cache"])}
+        if isinstance(raw, dict) and isinstance(raw.get("strategy"), str):
+            raw = {**raw, "strategy": {"name": raw["strategy"]}}
         return raw
 
     @property
@@ -287,13 +300,19 @@ def _check_components(recipe: Recipe, singular: bool) -> None:
         if spec is not None:
             check_kwargs(MODELS.get(spec.name), spec.kwargs, role, f"model '{spec.name}'",
                          skip=("num_classes", "input_shape"))
-    needs_teacher = False
+    from distill.strategies import STRATEGIES
+
+    for group in ("teachers", "peers"):
+        for key, spec in (getattr(recipe, group) or {}).items():
+            check_kwargs(MODELS.get(spec.name), spec.kwargs, f"{group}.{key}", f"model '{spec.name}'",
+                         skip=("num_classes", "input_shape"))
     for i, m in enumerate(recipe.methods):
         cls = METHODS.get(m.name)
         check_kwargs(cls, m.kwargs, "method" if singular else f"methods.{i}", f"method '{m.name}'")
-        needs_teacher |= cls.needs.teacher
-    if needs_teacher and recipe.teacher is None:
-        raise DistillError("the recipe's methods need a teacher: add a 'teacher' section")
-    if recipe.teacher and recipe.teacher.weights is None and recipe.teacher.normalize is not None:
-        raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
-                           "a teacher trained here uses data.normalize")
+    strategy = STRATEGIES.get(recipe.strategy.name)
+    check_kwargs(strategy, recipe.strategy.kwargs, "strategy", f"strategy '{recipe.strategy.name}'")
+    strategy(**recipe.strategy.kwargs).check(recipe)
+    for spec in (recipe.teacher, *(recipe.teachers or {}).values()):
+        if spec and spec.weights is None and spec.normalize is not None:
+            raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
+                               "a teacher trained here uses data.normalize")

@@ -3,10 +3,9 @@ then evaluate all of them and write the report."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.build import check_classes
 from distill.cache import prepare_cache
 from distill.data import BatchLoader, DataSplits, StreamDataset, head
 from distill.engine import FitJob, fit
@@ -35,7 +33,7 @@ from distill.io import load_into, load_weights, save_weights, write_json
 from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
-from distill.plan import Plan, fingerprint, plan_from_recipe
+from distill.plan import Plan, TeacherPart, fingerprint, plan_from_recipe
 from distill.recipe import Recipe, TrainSpec
 from distill.report import write_report
 
@@ -44,9 +42,14 @@ Log = Callable[[str], None]
 
 @dataclass
 class Trained:
+    """A trained (or loaded) model of a run. ``frozen``: the wrapper it is evaluated through (a teacher's
+    FrozenTeacher, with its own preprocessing); ``inputs``: the keys of a dict input it reads."""
+
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     weights: Path | None = None
+    frozen: nn.Module | None = None
+    inputs: Keys = None
 
 
 @dataclass
@@ -69,73 +72,86 @@ def run(recipe: Recipe, *, resume: bool = False, log: Log = print) -> Path:
 
 
 def execute(plan: Plan, *, resume: bool = False, log: Log = print) -> Outcome:
-    """Train a Plan: the teacher (when it has no weights), the scratch baseline (``compare``), the distilled
-    student; then evaluate them all and write the report. The one runner behind recipes and ``distill.fit``."""
+    """Train a Plan with its strategy (``plan.strategy``; default ``offline``: the teacher when it has no
+    weights, the scratch baseline when ``compare``, the distilled student), then evaluate every trained model
+    and write the report. The one runner behind recipes and ``distill.fit``."""
+    from distill.strategies import build_strategy
+
+    strategy = plan.strategy if plan.strategy is not None else build_strategy("offline")
+    return strategy.run(plan, resume=resume, log=log)
+
+
+def train_scratch(plan: Plan, model: nn.Module, *, role: str = "scratch", resume: bool, log: Log,
+                  inputs: Keys = None, notes: list[str] | None = None) -> Trained:
+    """The scratch baseline of ``model`` (trained in place): cross-entropy on the labelled samples only, for the
+    same number of optimizer steps as a student that sees the whole training split."""
     data = plan.data
-    log(_describe_data(data))
-    teacher = obtain_teacher(plan, resume=resume, log=log)
-    frozen = plan.teacher.frozen(data) if plan.teacher else None
-    check_classes(data, {"student": plan.student_inputs}, **({"teacher": frozen} if frozen else {}),
-                  student=plan.student)
-    notes = _diagnose(plan.methods, frozen, data, log)
-    trained: dict[str, Trained] = {}
-    if frozen is not None:
-        trained["teacher"] = teacher
-    if plan.compare:
-        scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
-        trained["scratch"] = train_role("scratch", plan, scratch, MethodSet([CE()]), plan.train,
-                                        data.labelled_train(), resume=resume, log=log, epoch_size=len(data.train),
-                                        inputs=plan.student_inputs)
-        notes.append(f"scratch student: trained on the {len(data.labelled_train())} labelled samples only, "
+    trained = train_role(role, plan, model, MethodSet([CE()]), plan.train, data.labelled_train(), resume=resume,
+                         log=log, epoch_size=len(data.train), inputs=inputs)
+    if notes is not None:
+        notes.append(f"{role} student: trained on the {len(data.labelled_train())} labelled samples only, "
                      f"for the same number of optimizer steps as the distilled student")
-    trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)
-    # rank 0 alone evaluates (latency timings undisturbed by other ranks) and writes; others get no metrics
-    metrics = on_main(partial(_evaluate_and_write, plan, trained, frozen, notes, log))
+    return trained
+
+
+def finish(plan: Plan, trained: dict[str, Trained], reference: nn.Module | None, notes: list[str],
+           log: Log) -> Outcome:
+    """Evaluate every trained model (rank 0 alone: latency timings undisturbed by other ranks) and write the
+    report; ``reference``: the (frozen) model whose predictions the agreement column compares with."""
+    metrics = on_main(partial(_evaluate_and_write, plan, trained, reference, notes, log))
     return Outcome(plan.out / "report.md", trained, metrics or {})
 
 
-def obtain_teacher(plan: Plan, *, resume: bool, log: Log) -> Trained:
-    """The teacher with its weights: loaded, or trained here with cross-entropy.
+def obtain_teacher(plan: Plan, *, resume: bool, log: Log, part: TeacherPart | None = None,
+                   role: str = "teacher") -> Trained:
+    """The teacher with its weights (``part``, default the plan's teacher): loaded, or trained here with
+    cross-entropy into ``<output_dir>/<role>/``.
 
     A teacher trained here sees every label of the training split: ``labels_per_class`` is the student's
     budget (Hinton's transfer-set setting), not the teacher's.
     """
-    part = plan.teacher
+    part = plan.teacher if part is None else part
     if part is None:
         return Trained(nn.Identity())
     if part.train is None:
         if part.weights is not None:
-            log(f"teacher: loaded {part.weights}")
+            log(f"{role}: loaded {part.weights}")
         return Trained(part.model, weights=part.weights)
-    return train_role("teacher", plan, part.model, MethodSet([CE()]), part.train, plan.data.teacher_train(),
+    return train_role(role, plan, part.model, MethodSet([CE()]), part.train, plan.data.teacher_train(),
                       resume=resume, log=log, inputs=part.inputs)
 
 
 def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False, log: Log = print,
-                  notes: list[str] | None = None) -> Trained:
-    """The distilled student, from the teacher cache when its methods allow it (see ``distill.cache.plan``)."""
-    cache = prepare_cache(plan, teacher, log=log)
+                  notes: list[str] | None = None, role: str = "student", model: nn.Module | None = None,
+                  methods: MethodSet | None = None, cache_plan: Plan | None = None) -> Trained:
+    """The distilled student (``model``, default the plan's) from ``teacher``, read from the teacher cache when
+    its methods allow it (see ``distill.cache.plan``; ``cache_plan``: the plan whose cache settings and
+    location apply, default ``plan``)."""
+    methods = plan.methods if methods is None else methods
+    cache = prepare_cache(replace(cache_plan or plan, methods=methods), teacher, log=log)
     if notes is not None and cache is not None:
         notes.append(f"teacher outputs read from the cache {cache.path} (top-{cache.k} of {cache.num_classes} "
                      f"logits, {cache.views} view(s)); the teacher ran once, not every epoch")
     views = cache.views if cache is not None else plan.cache.views
-    return train_role("student", plan, plan.student, plan.methods, plan.train, plan.data.train, teacher=teacher,
-                      cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs)
+    return train_role(role, plan, plan.student if model is None else model, methods, plan.train, plan.data.train,
+                      teacher=teacher, cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs)
 
 
 def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, train: TrainSpec, ds: Any, *,
                teacher: nn.Module | None = None, cache: Any = None, resume: bool = False, log: Log = print,
-               epoch_size: int | None = None, views: int | None = None, inputs: Keys = None) -> Trained:
+               epoch_size: int | None = None, views: int | None = None, inputs: Keys = None,
+               targets: Any = None, evaluate: Any = None) -> Trained:
     """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
 
     Training batches carry the plan's augmentation (``views``: cycle through that many augmented views
     instead of a fresh one each epoch); per-epoch evaluation never augments. ``inputs``: the keys of a dict
-    input the model reads.
+    input the model reads. ``targets``: several teachers combined (``distill.engine.loop.FitJob.targets``);
+    ``evaluate``: the per-epoch evaluation (default: top-1 on val and test).
     """
     check_global_batch(plan.batch_size)
     out = plan.out / role
     fp = fingerprint(plan.identity, role)
-    done = everywhere(partial(_finished, out, fp, model)) if resume else None
+    done = everywhere(partial(_finished, out, fp, model, inputs)) if resume else None
     agree(done is not None, f"whether {role} is already complete in {out}")
     if done is not None:
         log(f"{role}: already complete in {out}")
@@ -147,11 +163,11 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
                          pin_memory=device.startswith("cuda"))
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
-                 evaluate=_epoch_eval(plan.data, plan.eval_batch_size, inputs), num_classes=plan.data.num_classes,
-                 inputs=inputs)
+                 evaluate=evaluate or _epoch_eval(plan.data, plan.eval_batch_size, inputs),
+                 num_classes=plan.data.num_classes, inputs=inputs, targets=targets)
     history = fit(job)
     on_main(partial(_save_role, out, role, fp, model, history))
-    return Trained(model, history, out / "model.safetensors")
+    return Trained(model, history, out / "model.safetensors", inputs=inputs)
 
 
 def _save_role(out: Path, role: str, fp: str, model: nn.Module, history: list[dict[str, Any]]) -> None:
@@ -160,7 +176,7 @@ def _save_role(out: Path, role: str, fp: str, model: nn.Module, history: list[di
     write_json(out / "model.json", {"role": role, "fingerprint": fp, "complete": True, "history": history})
 
 
-def _finished(out: Path, fp: str, model: nn.Module) -> Trained | None:
+def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trained | None:
     meta_path, weights = out / "model.json", out / "model.safetensors"
     if not (meta_path.is_file() and weights.is_file()):
         return None
@@ -168,7 +184,12 @@ def _finished(out: Path, fp: str, model: nn.Module) -> Trained | None:
     if meta.get("fingerprint") != fp or not meta.get("complete"):
         return None
     load_into(model, load_weights(weights), str(weights))
-    return Trained(model, list(meta["history"]), weights)
+    return Trained(model, list(meta["history"]), weights, inputs=inputs)
+
+
+def epoch_top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys = None) -> float:
+    """Top-1 accuracy on ``split`` (every rank gets the same number under torchrun)."""
+    return _top1(model, split, batch_size, inputs)
 
 
 def _epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
@@ -193,7 +214,8 @@ def _top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys) -> float:
     return float(counts[0] / counts[1])
 
 
-def _diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log) -> list[str]:
+def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log) -> list[str]:
+    """Warnings about the methods' settings for this teacher on a sample of the training split (logged)."""
     if teacher is None:
         return []
     warnings = methods.diagnose(predict(teacher, head(data.train, 1024)))
@@ -208,7 +230,7 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
     t_logits: Tensor | None = predict(teacher, test, bs) if teacher is not None else None
     models: dict[str, dict] = {}
     for role, t in trained.items():
-        model, keys = (teacher, None) if role == "teacher" else (t.model, plan.student_inputs)
+        model, keys = (t.frozen, None) if t.frozen is not None else (t.model, t.inputs)
         metrics = model_metrics(model, test, test.y, num_classes=plan.data.num_classes, inputs=keys,
                                 teacher_logits=t_logits, weights_path=t.weights, history=_main_stage(t.history),
                                 latency=plan.latency)

@@ -77,11 +77,14 @@ class ModelOutput:
 
     ``topk`` is set when the outputs come from the teacher cache; with k < C, ``logits`` then spreads the
     tail's mass evenly over the missing classes and only methods with ``sparse_teacher`` may use it.
+    ``by_teacher``: with several teachers (strategy multi_teacher), ``logits`` is their ensemble and each
+    teacher's own outputs are here by name, for the methods that name the teacher they read.
     """
 
     logits: Tensor
     feats: dict[str, Tensor] = field(default_factory=dict)
     topk: TopKLogits | None = None
+    by_teacher: dict[str, ModelOutput] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,3 +131,4 @@ class SetupContext:
     teacher_shapes: dict[str, tuple[int, ...]]
     num_samples: int
     num_classes: int
+    by_teacher: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # named teachers' shapes

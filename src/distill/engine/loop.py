@@ -53,6 +53,7 @@ class FitJob:
     desc: str = "train"
     num_classes: int = 0  # 0: inferred from the labels
     inputs: Keys = None  # the fields of a dict input the model reads (the teacher's own are in FrozenTeacher)
+    targets: Any = None  # several teachers combined by a strategy (see ``Targets``); replaces teacher/cache
     log: Callable[[str], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -69,6 +70,8 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     model = job.model.to(job.device)
     if job.teacher is not None:  # a replica on every rank's own device, eval mode, no DDP
         job.teacher.to(job.device)
+    if job.targets is not None:
+        job.targets.to(job.device)
     _setup_methods(job)
     methods = job.methods.to(job.device)
     params = list(model.parameters()) + list(methods.parameters())
@@ -90,6 +93,7 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
         job.log(_describe(job.desc, stats))
     if logger is not None:
         logger.close()
+    opt.zero_grad(set_to_none=True)  # a trained model carries no stale gradients (and frees their memory)
     return job.history
 
 
@@ -103,19 +107,25 @@ def _setup_methods(job: FitJob) -> None:
     classes = job.num_classes or int(job.loader.ds.y.max()) + 1
     x = Batch(head(job.loader.ds, 2), torch.zeros(0), torch.zeros(0)).to(job.device).input
     setup_methods(job.methods, job.model, job.teacher, x, num_samples=len(job.loader.ds), num_classes=classes,
-                  inputs=job.inputs)
+                  inputs=job.inputs, targets=job.targets)
 
 
 def setup_methods(methods: MethodSet, model: nn.Module, teacher: nn.Module | None, x: Any, *,
-                  num_samples: int, num_classes: int, inputs: Keys = None) -> None:
-    """Dry-run student and teacher on a small batch ``x`` so methods build connectors from real tap shapes."""
+                  num_samples: int, num_classes: int, inputs: Keys = None, targets: Any = None) -> None:
+    """Dry-run student and teacher on a small batch ``x`` so methods build connectors from real tap shapes.
+    ``targets``: several named teachers (``Targets``), probed for the taps of the methods naming each."""
     s_shapes = _tap_shapes(model, model, methods.student_taps, x, inputs)
     t_shapes = {}
     if teacher is not None and methods.teacher_taps:
-        hooked = getattr(teacher, "model", teacher)  # FrozenTeacher: hook the wrapped model
-        t_shapes = _tap_shapes(teacher, hooked, methods.teacher_taps, x, None)
+        t_shapes = teacher_tap_shapes(teacher, methods.teacher_taps, x)
+    by_teacher = targets.tap_shapes(methods, x) if targets is not None else {}
     methods.setup(SetupContext(student_shapes=s_shapes, teacher_shapes=t_shapes, num_samples=num_samples,
-                               num_classes=num_classes))
+                               num_classes=num_classes, by_teacher=by_teacher))
+
+
+def teacher_tap_shapes(teacher: nn.Module, paths: list[str], x: Any) -> dict[str, tuple[int, ...]]:
+    """Shapes of a (frozen) teacher's taps on ``x``; a FrozenTeacher's wrapped model carries the hooks."""
+    return _tap_shapes(teacher, getattr(teacher, "model", teacher), paths, x, None)
 
 
 def _tap_shapes(run: nn.Module, hooked: nn.Module, paths: list[str], x: Any,
@@ -224,6 +234,8 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     with ExitStack() as stack:
         s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
         t_taps = None
+        if job.targets is not None:
+            stack.enter_context(job.targets.attach())
         if job.cache is None and job.teacher is not None and job.methods.teacher_taps:
             t_taps = stack.enter_context(FeatureTaps(getattr(job.teacher, "model", job.teacher),
                                                          job.methods.teacher_taps))
@@ -264,6 +276,8 @@ def _loss(step: _Step, job: FitJob, batch: Batch, ctx: StepContext, s_taps: Feat
 def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> ModelOutput | None:
     if not job.methods.needs_teacher:
         return None
+    if job.targets is not None:
+        return job.targets(batch)
     if job.cache is not None:
         return job.cache.lookup(batch.index, batch.view)
     return model_output(job.teacher, batch, taps)
@@ -271,10 +285,10 @@ def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> Mod
 
 def as_fp32(out: ModelOutput | None) -> ModelOutput | None:
     """Outputs in fp32 for the losses (autocast may have produced bf16/fp16)."""
-    if out is None or out.logits.dtype == torch.float32:
+    if out is None or (out.logits.dtype == torch.float32 and not out.by_teacher):
         return out
     feats = {k: v.float() if v.is_floating_point() else v for k, v in out.feats.items()}
-    return ModelOutput(out.logits.float(), feats, out.topk)
+    return ModelOutput(out.logits.float(), feats, out.topk, {k: as_fp32(v) for k, v in out.by_teacher.items()})
 
 
 def model_output(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None, inputs: Keys = None) -> ModelOutput:

@@ -7,6 +7,7 @@ connectors, as submodules, so they train with the student). It returns named, al
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +23,7 @@ class Method(nn.Module):
     """Base class: subclasses set ``needs`` and implement ``forward``."""
 
     needs: ClassVar[Needs] = Needs()
+    teacher_key: str | None = None  # with several teachers: the one this method reads (None: the ensemble)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Method:
         # Remember the constructor's arguments, so a method object built in Python can be written back as a
@@ -140,20 +142,32 @@ class MethodSet(nn.Module):
 
     @property
     def teacher_taps(self) -> list[str]:
-        return sorted({p for m in self.methods for p in m.needs.teacher_taps})
+        """Taps on the teacher (the only one, or the ensemble's: methods that name no teacher)."""
+        return self.taps_of(None)
+
+    def taps_of(self, teacher: str | None) -> list[str]:
+        """Teacher taps of the methods reading ``teacher`` (a name from the plan's teachers, or None)."""
+        return sorted({p for m in self.methods if m.teacher_key == teacher for p in m.needs.teacher_taps})
+
+    @property
+    def named_teachers(self) -> list[str]:
+        """The teachers that methods name (``MethodSpec.teacher``), in order."""
+        return list(dict.fromkeys(m.teacher_key for m in self.methods if m.teacher_key is not None))
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         total: Tensor | None = None
         terms: dict[str, Tensor] = {}
         for method, w in zip(self.methods, self.weights):
+            tm = t.by_teacher[method.teacher_key] if t is not None and method.teacher_key is not None else t
             if ctx.stage == "pretrain":
                 # only methods still in their declared pre-training stage contribute, with their stage loss
                 if ctx.epoch >= int(getattr(method, "pretrain_epochs", 0)):
                     continue
-                out = method.pretrain_loss(s, t, batch, ctx)
+                out = method.pretrain_loss(s, tm, batch, ctx)
             else:
-                out = method(s, t, batch, ctx)
+                out = method(s, tm, batch, ctx)
             for name, value in out.terms.items():
+                name = name if method.teacher_key is None else f"{name}[{method.teacher_key}]"
                 key = name if name not in terms else f"{type(method).__name__.lower()}.{name}"
                 terms[key] = value * w
             total = out.loss * w if total is None else total + out.loss * w
@@ -164,7 +178,7 @@ class MethodSet(nn.Module):
     def setup(self, ctx: SetupContext) -> None:
         """Let every method build its connectors from the probed shapes."""
         for m in self.methods:
-            m.setup(ctx)
+            m.setup(ctx if m.teacher_key is None else replace(ctx, teacher_shapes=ctx.by_teacher[m.teacher_key]))
 
     def diagnose(self, teacher_logits: Tensor) -> list[str]:
         """Collect every method's warnings for a sample of teacher logits."""

@@ -1,0 +1,13 @@
+"""Strategies: who teaches whom. One file per strategy, registered by name in ``STRATEGIES``.
+
+- ``offline`` (default): one frozen teacher teaches one student.
+- ``multi_teacher``: several teachers, ensembled per sample (mean, fixed, confidence or entropy weights), or
+  each read by the methods that name it.
+- ``mutual``: students trained together, each distilling from the others (deep mutual learning).
+- ``born_again``: generation g (same architecture) teaches generation g+1.
+"""
+
+from distill.strategies import born_again, multi_teacher, mutual, offline
+from distill.strategies.base import STRATEGIES, Strategy, build_strategy
+
+__all__ = ["STRATEGIES", "Strategy", "born_again", "build_strategy", "multi_teacher", "mutual", "offline"]

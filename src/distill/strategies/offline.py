@@ -1,0 +1,47 @@
+"""``strategy: offline`` (the default): one frozen teacher, pretrained or trained here first, teaches one
+student (Hinton et al. 2015 and every method of ``distill.methods``); the scratch baseline trains beside it."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from distill.strategies.base import STRATEGIES, Log, Strategy
+
+if TYPE_CHECKING:
+    from distill.plan import Plan
+    from distill.run import Outcome
+
+
+@STRATEGIES.register("offline")
+class Offline(Strategy):
+    """Teacher (loaded, or trained with cross-entropy), scratch student, distilled student, report."""
+
+    def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
+        from distill.build import check_classes
+        from distill.run import Trained, diagnose, finish, obtain_teacher, train_scratch, train_student
+
+        data = plan.data
+        log(describe_data(data))
+        teacher = obtain_teacher(plan, resume=resume, log=log)
+        frozen = plan.teacher.frozen(data) if plan.teacher else None
+        check_classes(data, {"student": plan.student_inputs}, **({"teacher": frozen} if frozen else {}),
+                      student=plan.student)
+        notes = diagnose(plan.methods, frozen, data, log)
+        trained: dict[str, Trained] = {}
+        if frozen is not None:
+            teacher.frozen = frozen
+            trained["teacher"] = teacher
+        if plan.compare:
+            scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
+            trained["scratch"] = train_scratch(plan, scratch, resume=resume, log=log, inputs=plan.student_inputs,
+                                               notes=notes)
+        trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)
+        return finish(plan, trained, frozen, notes, log)
+
+
+def describe_data(data: object) -> str:
+    """The one-line description of a run's data that every strategy logs first."""
+    from distill.run import _describe_data
+
+    return _describe_data(data)  # type: ignore[arg-type]
