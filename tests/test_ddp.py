@@ -263,3 +263,29 @@ def _check_failures(rank: int) -> None:
 
 def test_crd_banks_and_failures_across_two_processes(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("strategy", ["mutual", "multi_teacher"])
+def test_strategies_under_two_ranks_give_the_weights_of_one_process(tmp_path: Path, strategy: str) -> None:
+    raw = digits_recipe(tmp_path, compare=False, data={"name": "digits", "batch_size": 64})
+    teacher = raw.pop("teacher")
+    if strategy == "mutual":
+        raw.update(strategy="mutual", method={"name": "kd", "T": 1, "alpha": 1.0, "beta": 1.0})
+        roles = ("student", "student2")
+    else:
+        raw.update(strategy="multi_teacher", teachers={"a": teacher, "b": {**teacher, "hidden": [32]}})
+        roles = ("teachers/a", "teachers/b", "student")
+    recipe = str(write_recipe(tmp_path, raw))
+    single = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", recipe, f"output_dir={tmp_path / 'one'}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = _torchrun("run", recipe, f"output_dir={tmp_path / 'two'}", DISTILL_TEST_AUDIT=str(tmp_path))
+    _, err = single.communicate(timeout=240)
+    assert single.returncode == 0, err
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "AUDIT rank=1 writes=0" in two.stderr  # rank 1 wrote nothing: rank 0 alone saves every student
+    for role in roles:
+        a, b = _weights(tmp_path / "one", role), _weights(tmp_path / "two", role)
+        assert a.keys() == b.keys()
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert diff < TOL, f"{role}: max abs weight difference {diff:.3g} >= {TOL}"

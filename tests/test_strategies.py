@@ -100,8 +100,8 @@ def test_mutual_kill_then_resume_is_bit_identical(tmp_path: Path) -> None:
 
 # --- born-again ------------------------------------------------------------------------------------------------
 
-def test_born_again_generation_learns_from_the_previous_generations_final_weights(tmp_path: Path,
-                                                                                    monkeypatch) -> None:
+def test_born_again_generation_learns_from_the_previous_generations_final_weights(tmp_path: Path, monkeypatch,
+                                                                                    capsys) -> None:
     import sys
 
     run_module = sys.modules["distill.run"]
@@ -121,8 +121,15 @@ def test_born_again_generation_learns_from_the_previous_generations_final_weight
     for role, prev in (("gen1", out / "scratch"), ("gen2", out / "gen1")):
         saved = load_weights(prev / "model.safetensors")
         assert saved.keys() == seen[role].keys() and all(torch.equal(saved[k], seen[role][k]) for k in saved)
-    models = json.loads((out / "report.json").read_text())["models"]
-    assert list(models) == ["gen0", "gen1", "gen2"]
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["gen0", "gen1", "gen2"]
+    gain = report["models"]["gen2"]["top1_last"] - report["models"]["gen0"]["top1_last"]
+    assert report["summary"]["gain_over_scratch"] == pytest.approx(gain)  # the summary compares gen2 with gen0
+    assert "(gen2 vs gen0)" in (out / "report.md").read_text()
+    code, stdout, err = cli(capsys, "export", str(out), "--format", "safetensors")  # exports the last generation
+    assert code == 0, err
+    exported = load_weights(out / "export" / "student.safetensors")
+    assert all(torch.equal(exported[k], v) for k, v in load_weights(out / "gen2" / "model.safetensors").items())
 
 
 @pytest.mark.slow

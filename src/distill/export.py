@@ -87,7 +87,11 @@ def load_run(run_dir: str | Path) -> RunContext:
         raise DistillError(f"{report_path}: not valid JSON ({e})") from None
     if not isinstance(report, dict) or not isinstance(report.get("recipe"), dict):
         raise DistillError(f"{report_path} holds no 'recipe': not a distill report")
-    weights = run_dir / "student" / "model.safetensors"
+    # the distilled student's folder: "student", or the row the report names so (born_again: the last generation)
+    role = (report.get("summary_roles") or {}).get("student", "student")
+    if not isinstance(role, str) or not role.replace("_", "").isalnum():
+        raise DistillError(f"{report_path}: summary_roles.student {role!r} is not a role name")
+    weights = run_dir / role / "model.safetensors"
     if not weights.is_file():
         raise DistillError(f"{run_dir} has no student weights ({weights.relative_to(run_dir)}): not a finished run")
     if set(report["recipe"]) == {"python"}:
@@ -271,7 +275,8 @@ def update_deployment(ctx: RunContext, entries: list[dict[str, Any]]) -> dict[st
     teacher = _teacher(ctx, notes)
     if teacher is not None:
         base.append(_base_row("teacher", *teacher, ctx, ref=None))
-    base.append(_base_row("student", ctx.student, ctx.student_file, "student/model.safetensors", ctx, ref=ctx.ref))
+    rel = str(ctx.student_file.relative_to(ctx.run_dir))
+    base.append(_base_row("student", ctx.student, ctx.student_file, rel, ctx, ref=ctx.ref))
     sha = sha256_file(ctx.student_file)
     current = [e for e in entries if e.get("student_sha256") == sha]
     notes += [f"export/{e['file']} was exported from an earlier student/model.safetensors: left out, export again"

@@ -65,14 +65,19 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def summarize(models: dict[str, dict]) -> dict[str, float]:
-    """Comparisons between 'teacher', 'scratch' and 'student'; a key is present only when computable.
+ROLES = {"teacher": "teacher", "scratch": "scratch", "student": "student"}
+
+
+def summarize(models: dict[str, dict], roles: dict[str, str] | None = None) -> dict[str, float]:
+    """Comparisons between 'teacher', 'scratch' and 'student' (``roles``: the rows playing those parts, e.g.
+    ``{"scratch": "gen0", "student": "gen3"}`` for born-again); a key is present only when computable.
 
     gain_over_scratch / gain_over_scratch_best: student minus scratch top-1 (last / best epoch), as
     fractions; compression: teacher params / student params; speedup_b1 / speedup_b256: teacher latency /
     student latency; teacher_gap: teacher top1 minus student top1_last.
     """
-    t, sc, st = models.get("teacher"), models.get("scratch"), models.get("student")
+    r = {**ROLES, **(roles or {})}
+    t, sc, st = models.get(r["teacher"]), models.get(r["scratch"]), models.get(r["student"])
     summary = {
         "gain_over_scratch": _diff(_num(st, "top1_last"), _num(sc, "top1_last")),
         "gain_over_scratch_best": _diff(_num(st, "top1_best"), _num(sc, "top1_best")),
@@ -113,18 +118,20 @@ def _row(role: str, m: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _summary_text(s: dict[str, float], models: dict[str, dict]) -> str:
+def _summary_text(s: dict[str, float], models: dict[str, dict], roles: dict[str, str] | None = None) -> str:
+    r = {**ROLES, **(roles or {})}
+    named = "" if r == ROLES else f" ({r['student']} vs {r['scratch']})"
     parts = []
     if "gain_over_scratch" in s:
         # Signed wording: a student can lose to scratch, and the sentence must stay true then.
-        parts.append(f"Student vs scratch: {100 * s['gain_over_scratch']:+.2f} points top-1 (last epoch)")
+        parts.append(f"Student vs scratch{named}: {100 * s['gain_over_scratch']:+.2f} points top-1 (last epoch)")
         if "gain_over_scratch_best" in s:
             parts[-1] += f", {100 * s['gain_over_scratch_best']:+.2f} points at the best-validation epoch"
     if "teacher_gap" in s:
         parts.append(f"teacher minus student: {100 * s['teacher_gap']:+.2f} points top-1")
     if "compression" in s:
         parts.append(f"it is {s['compression']:.1f}x smaller than the teacher "
-                     f"({_num(models['teacher'], 'params'):,.0f} vs {_num(models['student'], 'params'):,.0f} "
+                     f"({_num(models[r['teacher']], 'params'):,.0f} vs {_num(models[r['student']], 'params'):,.0f} "
                      "parameters)")
     speed = [f"{s[k]:.1f}x at batch {b}" for k, b in (("speedup_b1", 1), ("speedup_b256", 256)) if k in s]
     if speed:
@@ -142,7 +149,7 @@ def _markdown(report: dict) -> str:
              "| latency b1 (ms) | latency b256 (ms) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(role, m) for role, m in models.items()]
-    lines += ["", "## Summary", "", _summary_text(report["summary"], models), ""]
+    lines += ["", "## Summary", "", _summary_text(report["summary"], models, report.get("summary_roles")), ""]
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     if report.get("deployment"):
@@ -247,12 +254,13 @@ def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
 
 def write_report(out_dir: str | Path, *, models: dict[str, dict], histories: dict[str, list[dict]],
                  recipe: dict, seed: int, title: str = "distill report",
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, roles: dict[str, str] | None = None) -> Path:
     """Write report.json, report.md, curves.png and accuracy_vs_params.png atomically into ``out_dir``.
 
     ``models`` maps role (e.g. 'teacher', 'scratch', 'student'; order kept) to ``model_metrics`` output;
     ``histories`` maps role to per-epoch dicts ('epoch', 'val_top1', optional 'loss'). Non-finite numbers
-    are stored as null in report.json. Returns the path of report.md.
+    are stored as null in report.json. ``roles``: the rows the summary compares (see ``summarize``). Returns
+    the path of report.md.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,8 +275,10 @@ def write_report(out_dir: str | Path, *, models: dict[str, dict], histories: dic
         "git_sha": git_sha(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "notes": list(notes or []),
-        "summary": summarize(models),
+        "summary": summarize(models, roles),
     }
+    if roles:
+        report["summary_roles"] = {**ROLES, **roles}
     roles = list(models) + [r for r in histories if r not in models]
     _plot_curves(out / CURVES_PNG, roles, histories)
     _plot_scatter(out / SCATTER_PNG, models)

@@ -95,10 +95,11 @@ def train_scratch(plan: Plan, model: nn.Module, *, role: str = "scratch", resume
 
 
 def finish(plan: Plan, trained: dict[str, Trained], reference: nn.Module | None, notes: list[str],
-           log: Log) -> Outcome:
+           log: Log, roles: dict[str, str] | None = None) -> Outcome:
     """Evaluate every trained model (rank 0 alone: latency timings undisturbed by other ranks) and write the
-    report; ``reference``: the (frozen) model whose predictions the agreement column compares with."""
-    metrics = on_main(partial(_evaluate_and_write, plan, trained, reference, notes, log))
+    report; ``reference``: the (frozen) model whose predictions the agreement column compares with; ``roles``:
+    the rows the report's summary compares as teacher / scratch / student, when not named so."""
+    metrics = on_main(partial(_evaluate_and_write, plan, trained, reference, notes, log, roles))
     return Outcome(plan.out / "report.md", trained, metrics or {})
 
 
@@ -240,11 +241,11 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
 
 
 def _evaluate_and_write(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None, notes: list[str],
-                        log: Log) -> dict[str, dict[str, Any]]:
+                        log: Log, roles: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     models = _metrics(plan, trained, teacher)
     described = plan.recipe.model_dump(mode="json") if plan.recipe is not None else {"python": plan.identity}
     path = write_report(plan.out, models=models, histories={r: t.history for r, t in trained.items()},
-                        recipe=described, seed=plan.seed, title=plan.name, notes=notes)
+                        recipe=described, seed=plan.seed, title=plan.name, notes=notes, roles=roles)
     log(f"report: {path}")
     return models
 
@@ -254,7 +255,8 @@ def _main_stage(history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     return [h for h in history if h.get("stage", "main") == "main"] or None
 
 
-def _describe_data(data: DataSplits) -> str:
+def describe_data(data: DataSplits) -> str:
+    """The one-line description of a run's data that every strategy logs first."""
     labelled = len(data.labelled_train())
     streamed = ", streamed" if isinstance(data.train, StreamDataset) else ""
     shape = data.input_shape if isinstance(data.input_shape, dict) else tuple(data.input_shape)

@@ -47,8 +47,7 @@ class BornAgain(Strategy):
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
         from distill.build import check_classes
         from distill.plan import TeacherPart
-        from distill.run import finish, train_scratch, train_student
-        from distill.strategies.offline import describe_data
+        from distill.run import describe_data, finish, train_scratch, train_student
 
         data = plan.data
         log(describe_data(data))
@@ -69,7 +68,7 @@ class BornAgain(Strategy):
             trained[f"gen{g}"] = train_student(plan_g, teacher, resume=resume, log=log, role=f"gen{g}",
                                                model=self._fresh(plan, g), methods=copy.deepcopy(methods),
                                                cache_plan=replace(plan_g, out=plan.out / f"gen{g}"))
-        return finish(plan, trained, None, notes, log)
+        return finish(plan, trained, None, notes, log, roles={"scratch": "gen0", "student": f"gen{self.generations}"})
 
     @staticmethod
     def _fresh(plan: Plan, g: int) -> nn.Module:

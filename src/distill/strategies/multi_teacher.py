@@ -61,8 +61,7 @@ class MultiTeacher(Strategy):
                                    f"with 'teacher: <name>' (one of {', '.join(teachers)})")
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
-        from distill.run import Trained, diagnose, finish, obtain_teacher, train_role, train_scratch
-        from distill.strategies.offline import describe_data
+        from distill.run import Trained, describe_data, diagnose, finish, obtain_teacher, train_role, train_scratch
 
         data = plan.data
         log(describe_data(data))

@@ -120,8 +120,7 @@ class Mutual(Strategy):
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
         from distill.build import check_classes
-        from distill.run import finish, train_role, train_scratch
-        from distill.strategies.offline import describe_data
+        from distill.run import describe_data, finish, train_role, train_scratch
 
         data = plan.data
         log(describe_data(data))

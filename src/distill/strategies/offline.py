@@ -19,7 +19,7 @@ class Offline(Strategy):
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
         from distill.build import check_classes
-        from distill.run import Trained, diagnose, finish, obtain_teacher, train_scratch, train_student
+        from distill.run import Trained, describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
 
         data = plan.data
         log(describe_data(data))
@@ -39,9 +39,3 @@ class Offline(Strategy):
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)
         return finish(plan, trained, frozen, notes, log)
 
-
-def describe_data(data: object) -> str:
-    """The one-line description of a run's data that every strategy logs first."""
-    from distill.run import _describe_data
-
-    return _describe_data(data)  # type: ignore[arg-type]
