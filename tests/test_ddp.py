@@ -44,6 +44,18 @@ def _torchrun(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
+def _beside_one_process(recipe: str, single_out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``distill run recipe`` in one process into ``single_out``, overlapping ``_torchrun(*args)`` (start-up, the
+    imports, is most of both); asserts the one-process run succeeded and returns the torchrun result."""
+    single = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", recipe, f"output_dir={single_out}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = _torchrun(*args, **env)
+    _, err = single.communicate(timeout=240)
+    assert single.returncode == 0, err
+    return two
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -58,13 +70,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     raw = digits_recipe(tmp, compare=False, data={"name": "digits", "batch_size": 64})  # every sample labelled
     recipe = str(write_recipe(tmp, raw))
     out = {name: tmp / name for name in ("single", "full", "stopped")}
-    # the one-process run overlaps the first torchrun run: start-up (imports) is most of both
-    single = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", recipe, f"output_dir={out['single']}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    full = _torchrun("run", recipe, f"output_dir={out['full']}", DISTILL_TEST_AUDIT=str(tmp))
-    _, err = single.communicate(timeout=240)
-    assert single.returncode == 0, err
+    full = _beside_one_process(recipe, out["single"], "run", recipe, f"output_dir={out['full']}",
+                               DISTILL_TEST_AUDIT=str(tmp))
     return {
         **out,
         "full": (out["full"], full),
@@ -276,12 +283,8 @@ def test_strategies_under_two_ranks_give_the_weights_of_one_process(tmp_path: Pa
         raw.update(strategy="multi_teacher", teachers={"a": teacher, "b": {**teacher, "hidden": [32]}})
         roles = ("teachers/a", "teachers/b", "student")
     recipe = str(write_recipe(tmp_path, raw))
-    single = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", recipe, f"output_dir={tmp_path / 'one'}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    two = _torchrun("run", recipe, f"output_dir={tmp_path / 'two'}", DISTILL_TEST_AUDIT=str(tmp_path))
-    _, err = single.communicate(timeout=240)
-    assert single.returncode == 0, err
+    two = _beside_one_process(recipe, tmp_path / "one", "run", recipe, f"output_dir={tmp_path / 'two'}",
+                              DISTILL_TEST_AUDIT=str(tmp_path))
     assert two.returncode == 0, two.stderr[-3000:]
     assert "AUDIT rank=1 writes=0" in two.stderr  # rank 1 wrote nothing: rank 0 alone saves every student
     for role in roles:

@@ -31,7 +31,7 @@ def _recipe(tmp: Path, **changes: object) -> dict:
 
 
 def _mutual(tmp: Path, **changes: object) -> dict:
-    return _recipe(tmp, teacher=None, strategy="mutual", **changes)
+    return _recipe(tmp, **{"teacher": None, "strategy": "mutual", **changes})
 
 
 def _multi(tmp: Path, **changes: object) -> dict:
@@ -87,14 +87,45 @@ def test_mutual_run_trains_and_reports_every_student(tmp_path: Path, capsys) -> 
     assert {"student.ce", "student.kd", "student2.ce", "student2.kd", "student/val_top1"} <= set(history[0])
 
 
-@pytest.mark.slow
-def test_mutual_kill_then_resume_is_bit_identical(tmp_path: Path) -> None:
-    def make(sub: str) -> Path:
+def _twin_recipes(tmp_path: Path, **changes: object) -> tuple[Path, Path]:
+    """Two copies of one 12-epoch recipe, in ``a/`` and ``b/`` (outputs in ``a/out``, ``b/out``)."""
+    paths = []
+    for sub in ("a", "b"):
         d = tmp_path / sub
         d.mkdir()
-        return write_recipe(d, _mutual(d, compare=False, output_dir=str(d / "out"),
-                                       train={"epochs": 12, "optimizer": {"name": "adam", "lr": 0.003}}))
-    killed_then_resumed(make("a"), make("b"), tmp_path / "a" / "out", tmp_path / "b" / "out", role="mutual",
+        train = {"epochs": 12, "optimizer": {"name": "adam", "lr": 0.003}}
+        paths.append(write_recipe(d, _recipe(d, output_dir=str(d / "out"), train=train, **changes)))
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("unlabelled", [True, False])
+def test_mutual_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, monkeypatch,
+                                                                   unlabelled: bool) -> None:
+    import sys
+
+    run_module = sys.modules["distill.run"]
+    seen: dict[str, tuple[int, int | None]] = {}
+    real = run_module.train_role
+
+    def spy(role, plan, model, methods, train, ds, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen[role] = (len(ds), kw.get("epoch_size"))
+        return real(role, plan, model, methods, train, ds, **kw)
+
+    monkeypatch.setattr(run_module, "train_role", spy)
+    raw = _mutual(tmp_path, train={"epochs": 1, "optimizer": {"name": "adam", "lr": 0.003}},
+                  strategy={"name": "mutual", "unlabelled": unlabelled})
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    distill.execute(plan, log=lambda _: None)
+    n, labelled = len(plan.data.train), len(plan.data.labelled_train())
+    assert seen["scratch"] == (labelled, n)
+    # the paper's supervised setting sees exactly the scratch students' batches; the transfer setting every sample
+    assert seen["mutual"] == ((n, None) if unlabelled else (labelled, n))
+
+
+@pytest.mark.slow
+def test_mutual_kill_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    full, killed = _twin_recipes(tmp_path, teacher=None, strategy="mutual", compare=False)
+    killed_then_resumed(full, killed, tmp_path / "a" / "out", tmp_path / "b" / "out", role="mutual",
                         weights=("student/model.safetensors", "student2/model.safetensors"))
 
 
@@ -134,13 +165,8 @@ def test_born_again_generation_learns_from_the_previous_generations_final_weight
 
 @pytest.mark.slow
 def test_born_again_kill_inside_generation_2_then_resume_is_bit_identical(tmp_path: Path) -> None:
-    def make(sub: str) -> Path:
-        d = tmp_path / sub
-        d.mkdir()
-        return write_recipe(d, _recipe(d, teacher=None, output_dir=str(d / "out"),
-                                       strategy={"name": "born_again", "generations": 2},
-                                       train={"epochs": 12, "optimizer": {"name": "adam", "lr": 0.003}}))
-    stdout = killed_then_resumed(make("a"), make("b"), tmp_path / "a" / "out", tmp_path / "b" / "out",
+    full, killed = _twin_recipes(tmp_path, teacher=None, strategy={"name": "born_again", "generations": 2})
+    stdout = killed_then_resumed(full, killed, tmp_path / "a" / "out", tmp_path / "b" / "out",
                                  role="gen2", weights=("gen1/model.safetensors", "gen2/model.safetensors"))
     assert "scratch: already complete" in stdout and "gen1: already complete" in stdout
 
@@ -285,3 +311,14 @@ def test_readme_strategies_snippets_run(tmp_path: Path, monkeypatch) -> None:
     namespace: dict = {"__name__": "readme"}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert list(namespace["result"].metrics) == ["gen0", "gen1", "gen2"]
+
+
+def test_teacher_command_trains_every_named_teacher(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, _multi(tmp_path))
+    code, out, err = cli(capsys, "teacher", str(recipe))
+    assert code == 0, err
+    for name in ("a", "b"):
+        assert str((tmp_path / "out" / "teachers" / name / "model.safetensors").resolve()) in out
+    assert not (tmp_path / "out" / "student").exists()
+    code, _, err = cli(capsys, "cache", "build", str(recipe))
+    assert code == 2 and "one cache per teacher" in err

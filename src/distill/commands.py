@@ -25,19 +25,25 @@ def list_registered() -> str:
                      for kind, reg in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)))
 
 
-def train_teacher(recipe: Recipe, *, resume: bool = False) -> Path:
-    """Train only the recipe's teacher; returns its ``model.safetensors``. Runs data-parallel under torchrun."""
+def train_teacher(recipe: Recipe, *, resume: bool = False) -> str:
+    """Train only the recipe's teacher (or every teacher of ``teachers`` without weights); returns where their
+    ``model.safetensors`` went. Runs data-parallel under torchrun."""
     from distill.engine.dist import distributed, main_log
     from distill.run import obtain_teacher
 
-    if recipe.teacher is None:
+    specs = {"teacher": recipe.teacher} if recipe.teacher else \
+        {f"teachers/{n}": s for n, s in (recipe.teachers or {}).items()}
+    if not specs:
         raise DistillError("the recipe has no 'teacher' section")
-    if recipe.teacher.weights:
-        raise DistillError(f"teacher.weights is set ({recipe.teacher.weights}): nothing to train")
+    if all(s.weights for s in specs.values()):
+        raise DistillError(f"{'teacher.weights is' if recipe.teacher else 'every teacher has weights'} set: "
+                           "nothing to train")
     with distributed(recipe.device):
-        trained = obtain_teacher(plan_from_recipe(recipe), resume=resume, log=main_log(print))
-    assert trained.weights is not None
-    return trained.weights.resolve()
+        plan = plan_from_recipe(recipe)
+        parts = {"teacher": plan.teacher} if plan.teacher else {f"teachers/{n}": p for n, p in plan.teachers.items()}
+        done = [obtain_teacher(plan, part=p, role=r, resume=resume, log=main_log(print)).weights
+                for r, p in parts.items() if p is not None and p.train is not None]
+    return ", ".join(str(w.resolve()) for w in done if w is not None)
 
 
 def evaluate_weights(recipe: Recipe, checkpoint: str, *, role: str = "student") -> dict:
@@ -134,6 +140,9 @@ def _build_cache(recipe: Recipe) -> str:
     from distill.engine.dist import main_log
     from distill.run import obtain_teacher
 
+    if recipe.teachers:
+        raise DistillError("strategy multi_teacher: `distill run` builds one cache per teacher "
+                           "(<output_dir>/teachers/<name>/cache); `cache build` takes a single-teacher recipe")
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section: there is nothing to cache")
     plan = plan_from_recipe(recipe)

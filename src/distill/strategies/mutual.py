@@ -85,14 +85,16 @@ class PeerMethods(MethodSet):
 
 @STRATEGIES.register("mutual")
 class Mutual(Strategy):
-    """Deep mutual learning of ``student`` and its ``peers`` (or ``copies`` students of its architecture)."""
+    """Deep mutual learning of ``student`` and its ``peers`` (or ``copies`` students of its architecture);
+    ``unlabelled``: also learn from each other on the training split's unlabelled samples (``labels_per_class``),
+    else train on the labelled samples only, as the paper (and the scratch baseline) does."""
 
     takes_teacher = False
 
-    def __init__(self, copies: int = 2) -> None:
+    def __init__(self, copies: int = 2, unlabelled: bool = True) -> None:
         if copies < 2:
             raise DistillError(f"strategy mutual needs at least two students: copies must be >= 2, got {copies}")
-        self.copies = copies
+        self.copies, self.unlabelled = copies, unlabelled
 
     def check_parts(self, *, teacher: bool, teachers: list[str], peers: list[str],
                     methods: list[tuple[str, Needs, str | None]]) -> None:
@@ -136,7 +138,10 @@ class Mutual(Strategy):
                                               inputs=keys, notes=notes if n == "student" else None)
         cohort = Cohort({n: m for n, (m, _) in members.items()}, {n: k for n, (_, k) in members.items()})
         methods = PeerMethods(plan.methods, list(members))
-        done = train_role("mutual", plan, cohort, methods, plan.train, data.train, resume=resume, log=log,
+        # unlabelled=False: the paper's supervised setting, the labelled samples only, for as many steps as the
+        # scratch students take (with labels_per_class, the rest of the split is otherwise a shared transfer set)
+        ds, size = (data.train, None) if self.unlabelled else (data.labelled_train(), len(data.train))
+        done = train_role("mutual", plan, cohort, methods, plan.train, ds, resume=resume, log=log, epoch_size=size,
                           evaluate=_cohort_eval(plan, members))
         trained.update(split_cohort(plan, done, members))
         return finish(plan, trained, None, notes, log)
