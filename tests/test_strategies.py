@@ -17,6 +17,7 @@ from distill.methods import MethodSet
 from distill.methods.kd import KD
 from distill.plan import recipe_identity
 from distill.recipe import recipe_from_dict
+from distill.strategies import STRATEGIES
 from distill.strategies.ensemble import WEIGHTINGS, ensemble_logits, teacher_weights
 from distill.strategies.mutual import Cohort, PeerMethods
 from distill.types import Batch, StepContext
@@ -322,3 +323,26 @@ def test_teacher_command_trains_every_named_teacher(tmp_path: Path, capsys) -> N
     assert not (tmp_path / "out" / "student").exists()
     code, _, err = cli(capsys, "cache", "build", str(recipe))
     assert code == 2 and "one cache per teacher" in err
+
+
+# every registered strategy, end to end through the CLI with its default arguments (a new strategy must add its
+# recipe here: the test over STRATEGIES.names() fails until it does)
+E2E = {
+    "offline": ({}, ["teacher", "scratch", "student"]),
+    "multi_teacher": ({"teacher": None, "teachers": {"a": TEACHER, "b": {**TEACHER, "hidden": [32]}}},
+                      ["teacher", "teacher:a", "teacher:b", "scratch", "student"]),
+    "mutual": ({"teacher": None}, ["scratch", "scratch_student2", "student", "student2"]),
+    "born_again": ({"teacher": None}, ["gen0", "gen1", "gen2", "gen3"]),
+}
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_strategy_runs_end_to_end_with_its_defaults(tmp_path: Path, capsys, name: str) -> None:
+    assert name in E2E, f"strategy {name!r} has no end-to-end recipe in this test"
+    changes, rows = E2E[name]
+    raw = _recipe(tmp_path, **{**changes, "strategy": name, "train": {"epochs": 1, "optimizer": {"name": "adam"}}})
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["models"]) == rows
+    assert all(0.0 <= m["top1"] <= 1.0 for m in report["models"].values())

@@ -81,8 +81,11 @@ class MultiTeacher(Strategy):
                                                inputs=plan.student_inputs, notes=notes)
         caches = {n: self._cache(plan, n, frozen[n], log) for n in frozen}
         targets = Targets(ensemble, caches, {n: plan.methods.taps_of(n) for n in frozen})
+        # with augmentation, cached teachers hold `views` views per sample: the loader cycles through those
+        views = next((c.views for c in caches.values() if c is not None), plan.cache.views)
         trained["student"] = train_role("student", plan, plan.student, plan.methods, plan.train, data.train,
-                                        resume=resume, log=log, inputs=plan.student_inputs, targets=targets)
+                                        resume=resume, log=log, inputs=plan.student_inputs, targets=targets,
+                                        views=views)
         return finish(plan, trained, ensemble, notes, log)
 
     def _fixed(self) -> torch.Tensor | None:
