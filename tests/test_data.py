@@ -128,10 +128,16 @@ def test_label_budget_seeded() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("n", [100_000, 0, -1])
+@pytest.mark.parametrize("n", [100_000, -1])
 def test_label_budget_invalid(n: int) -> None:
     with pytest.raises(DistillError, match="labels_per_class"):
         build_data("digits", labels_per_class=n)
+
+
+def test_label_budget_zero_keeps_no_label(digits) -> None:
+    data = build_data("digits", labels_per_class=0)
+    assert bool((data.train.y == -1).all()) and len(data.labelled_train()) == 0
+    assert torch.equal(data.full_y, digits.train.y)  # the true labels stay available for the report only
 
 
 def test_label_budget_too_large_names_smallest_class(digits) -> None:

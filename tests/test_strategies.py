@@ -276,6 +276,9 @@ def test_fit_runs_a_strategy_from_python(tmp_path: Path) -> None:
       "weighting": "fixed", "weights": [1.0]}}, "1 numbers for 2 teachers"),
     ({"teachers": {"a": TEACHER, "b": TEACHER}}, "needs strategy: multi_teacher"),
     ({"strategy": {"name": "born_again", "generation": 2}}, "strategy.generation: unknown key"),
+    ({"strategy": "cross_modal"}, "set teacher.inputs to the field(s)"),
+    ({"strategy": "cross_modal", "teacher": {**TEACHER, "inputs": "image"},
+      "student": {"name": "mlp", "inputs": ["image"]}}, "teacher and student both read ['image']"),
 ])
 def test_bad_strategy_input_is_one_line_and_exit_2(tmp_path: Path, capsys, changes: dict, message: str) -> None:
     recipe = write_recipe(tmp_path, _recipe(tmp_path, **changes))
@@ -333,6 +336,11 @@ E2E = {
                       ["teacher", "teacher:a", "teacher:b", "scratch", "student"]),
     "mutual": ({"teacher": None}, ["scratch", "scratch_student2", "student", "student2"]),
     "born_again": ({"teacher": None}, ["gen0", "gen1", "gen2", "gen3"]),
+    "cross_modal": ({"data": {"name": "mnist-modal", "sensors": ["lowres"], "limit_train": 300,
+                              "labels_per_class": 5, "batch_size": 64},
+                     "teacher": {**TEACHER, "inputs": "image"},
+                     "student": {"name": "mlp", "hidden": [16], "inputs": "lowres"}},
+                    ["teacher", "scratch", "student"]),
 }
 
 
@@ -346,3 +354,32 @@ def test_every_strategy_runs_end_to_end_with_its_defaults(tmp_path: Path, capsys
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert list(report["models"]) == rows
     assert all(0.0 <= m["top1"] <= 1.0 for m in report["models"].values())
+
+
+def test_cross_modal_roles_read_only_their_own_fields(tmp_path: Path) -> None:
+    data = {"name": "mnist-modal", "sensors": ["rows", "lowres"], "limit_train": 300, "labels_per_class": 5,
+            "batch_size": 64}
+    raw = _recipe(tmp_path, data=data, strategy="cross_modal", cache="off",
+                  teacher={**TEACHER, "inputs": "image"}, student={"name": "mlp", "hidden": [16], "inputs": "lowres"})
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    seen: dict[str, set] = {"teacher": set(), "student": set()}
+    for role, model in (("teacher", plan.teacher.model), ("student", plan.student)):
+        model.register_forward_pre_hook(lambda _, args, role=role: seen[role].add(tuple(args[0].shape[1:])))
+    outcome = distill.execute(plan, log=lambda _: None)
+    assert seen == {"teacher": {(1, 28, 28)}, "student": {(1, 7, 7)}}  # the live teacher ran every step
+    assert outcome.metrics["student"]["top1"] > 0.1
+
+
+def test_label_free_run_learns_from_the_teacher_alone(tmp_path: Path) -> None:
+    raw = _recipe(tmp_path, data={"name": "digits", "labels_per_class": 0, "batch_size": 64},
+                  train={"epochs": 4, "optimizer": {"name": "adam", "lr": 0.003}})
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    assert bool((plan.data.train.y == -1).all())  # not one training label reaches the student
+    init = {k: v.clone() for k, v in plan.student.state_dict().items()}
+    outcome = distill.execute(plan, log=lambda _: None)
+    scratch = outcome.trained["scratch"].model.state_dict()
+    assert all(torch.equal(init[k], v) for k, v in scratch.items())  # no labels: scratch is the initial student
+    m = outcome.metrics
+    assert m["student"]["top1"] > 0.6 > m["scratch"]["top1"]
+    assert any("no labels (labels_per_class: 0)" in n for n in json.loads((tmp_path / "out" / "report.json")
+                                                                           .read_text())["notes"])

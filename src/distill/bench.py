@@ -24,13 +24,12 @@ from distill.engine import setup_methods
 from distill.errors import DistillError
 from distill.evaluate import model_metrics
 from distill.io import atomic_path, write_json, write_text
-from distill.methods import METHODS, MethodSet
-from distill.methods.ce import CE
+from distill.methods import METHODS
 from distill.models import Keys
 from distill.plan import TeacherPart, plan_from_recipe
 from distill.recipe import Recipe, parse_value, recipe_from_dict
 from distill.report import DASH, collect_versions, git_sha
-from distill.run import Trained, obtain_teacher, train_role, train_student
+from distill.run import Trained, obtain_teacher, train_scratch, train_student
 from distill.spec_check import check_kwargs
 
 Log = Callable[[str], None]
@@ -175,8 +174,7 @@ def _bench_seed(recipe: Recipe, seed: int, plans: dict[str, list[dict[str, Any]]
     frozen = teacher.frozen(data)
     p = replace(plan_from_recipe(run_recipe(recipe, seed, root / "scratch" / f"seed{seed}", [{"name": "ce"}]),
                                  data=data), teacher=teacher)
-    scratch = train_role("scratch", p, p.student, MethodSet([CE()]), p.train, data.labelled_train(), resume=resume,
-                         log=_tagged(log, "scratch", seed), epoch_size=len(data.train), inputs=p.student_inputs)
+    scratch = train_scratch(p, p.student, resume=resume, log=_tagged(log, "scratch", seed), inputs=p.student_inputs)
     _record(rows["scratch"], seed, scratch, data, p.student_inputs)
     for name, specs in plans.items():
         if rows[name].status != "ok":

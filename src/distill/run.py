@@ -84,12 +84,18 @@ def execute(plan: Plan, *, resume: bool = False, log: Log = print) -> Outcome:
 def train_scratch(plan: Plan, model: nn.Module, *, role: str = "scratch", resume: bool, log: Log,
                   inputs: Keys = None, notes: list[str] | None = None) -> Trained:
     """The scratch baseline of ``model`` (trained in place): cross-entropy on the labelled samples only, for the
-    same number of optimizer steps as a student that sees the whole training split."""
+    same number of optimizer steps as a student that sees the whole training split. With no label at all
+    (``labels_per_class: 0``) it is the untrained initial model: what the student would be without a teacher."""
     data = plan.data
-    trained = train_role(role, plan, model, MethodSet([CE()]), plan.train, data.labelled_train(), resume=resume,
-                         log=log, epoch_size=len(data.train), inputs=inputs)
+    labelled = data.labelled_train()
+    if len(labelled) == 0:
+        if notes is not None:
+            notes.append(f"{role} student: no labels (labels_per_class: 0), so it is the untrained initial student")
+        return Trained(model, inputs=inputs)
+    trained = train_role(role, plan, model, MethodSet([CE()]), plan.train, labelled, resume=resume, log=log,
+                         epoch_size=len(data.train), inputs=inputs)
     if notes is not None:
-        notes.append(f"{role} student: trained on the {len(data.labelled_train())} labelled samples only, "
+        notes.append(f"{role} student: trained on the {len(labelled)} labelled samples only, "
                      f"for the same number of optimizer steps as the distilled student")
     return trained
 

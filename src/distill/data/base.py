@@ -229,8 +229,9 @@ def _check_labels(name: str, raw: RawSplits) -> None:
 
 def apply_label_budget(y: Tensor, num_classes: int, labels_per_class: int, seed: int) -> Tensor:
     """Return a copy of ``y`` (N,) keeping ``labels_per_class`` random labels per class, the rest
-    set to ``UNLABELLED``. The choice depends only on ``seed``."""
-    check_int("data.labels_per_class", labels_per_class, minimum=1)
+    set to ``UNLABELLED``. The choice depends only on ``seed``. 0: no label at all (label-free distillation:
+    the student learns from the teacher alone)."""
+    check_int("data.labels_per_class", labels_per_class, minimum=0)
     counts = torch.bincount(y, minlength=num_classes)  # (C,)
     smallest = int(counts.argmin())
     if labels_per_class > counts[smallest]:
