@@ -74,6 +74,7 @@ class Plan:
     augment: Augment | None = None
     compare: bool = True
     latency: bool = True
+    embeddings: dict[str, str] | None = None  # eval.embeddings: tap paths whose features the report probes
     identity: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe | None = None  # the recipe this plan was built from (or that a Python run is equivalent to)
     strategy: Strategy | None = None  # who teaches whom; None: offline
@@ -97,6 +98,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
+                embeddings=recipe.eval.embeddings,
                 identity=recipe_identity(recipe), recipe=recipe,
                 strategy=build_strategy(recipe.strategy.name, recipe.strategy.kwargs), teachers=teachers,
                 peers=peers, fresh_student=lambda seed: build_arch(recipe.student, data, seed))

@@ -148,6 +148,8 @@ def _cache_shorthand(value: Any) -> Any:
 
 class EvalSpec(_Strict):
     latency: bool = True
+    # embedding probes (k-NN and linear probe on frozen features) per side: {teacher: <tap path>, student: <path>}
+    embeddings: dict[Literal["teacher", "student"], str] | None = None
 
 
 class Recipe(_Strict):

@@ -150,6 +150,14 @@ def _markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(role, m) for role, m in models.items()]
     lines += ["", "## Summary", "", _summary_text(report["summary"], models, report.get("summary_roles")), ""]
+    probed = {r: m for r, m in models.items() if m.get("knn_top1") is not None}
+    if probed:
+        lines += ["## Embedding probes", "", "Frozen features of each model (`eval.embeddings`): a 20-nearest-"
+                  "neighbour (cosine) and a linear (logistic regression) classifier fitted on the training split's "
+                  "true labels, scored on the test split. Evaluation only: no label is used to train.", "",
+                  "| role | k-NN top-1 | linear probe top-1 |", "|---|---:|---:|"]
+        lines += [f"| {r} | {_pct(m['knn_top1'])} | {_pct(m.get('probe_top1'))} |" for r, m in probed.items()]
+        lines.append("")
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     if report.get("deployment"):

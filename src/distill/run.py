@@ -34,6 +34,7 @@ from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
 from distill.plan import Plan, TeacherPart, fingerprint, plan_from_recipe
+from distill.probe import probes
 from distill.recipe import Recipe, TrainSpec
 from distill.report import write_report
 
@@ -242,6 +243,9 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
                                 teacher_logits=t_logits, weights_path=t.weights, history=_main_stage(t.history),
                                 latency=plan.latency)
         metrics["params"] = sum(p.numel() for p in t.model.parameters())
+        path = (plan.embeddings or {}).get("teacher" if role.startswith("teacher") else "student")
+        if path is not None:  # evaluation only: the probes fit on the training split's true labels
+            metrics.update(probes(model, path, plan.data, inputs=keys, batch_size=bs))
         models[role] = metrics
     return models
 
