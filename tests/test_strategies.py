@@ -4,6 +4,7 @@ default unchanged, and one-line errors for bad strategy input."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,11 @@ def test_fit_runs_a_strategy_from_python(tmp_path: Path) -> None:
     ({"strategy": "cross_modal"}, "set teacher.inputs to the field(s)"),
     ({"strategy": "cross_modal", "teacher": {**TEACHER, "inputs": "image"},
       "student": {"name": "mlp", "inputs": ["image"]}}, "teacher and student both read ['image']"),
+    ({"strategy": "cross_task"}, "compares the teacher's class outputs with the student's"),
+    ({"strategy": "cross_task", "method": {"name": "rkd", "student_layers": ["fc:input"],
+                                           "teacher_layers": ["fc:input"]}}, "teacher must come trained"),
+    ({"data": {"name": "digits", "classes": [1, 1]}}, "data.classes: [1, 1] must be distinct class indices"),
+    ({"teacher": {**TEACHER, "resize": [28, 28]}}, "teacher.resize applies to a pretrained teacher"),
 ])
 def test_bad_strategy_input_is_one_line_and_exit_2(tmp_path: Path, capsys, changes: dict, message: str) -> None:
     recipe = write_recipe(tmp_path, _recipe(tmp_path, **changes))
@@ -341,13 +347,28 @@ E2E = {
                      "teacher": {**TEACHER, "inputs": "image"},
                      "student": {"name": "mlp", "hidden": [16], "inputs": "lowres"}},
                     ["teacher", "scratch", "student"]),
+    "cross_task": ({"data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "labels_per_class": 5, "batch_size": 64},
+                    "teacher": {"name": "mlp", "hidden": [32], "classes": 5, "weights": "TEACHER_OF_0_TO_4"},
+                    "method": None, "methods": [{"name": "ce"}, {"name": "rkd", "student_layers": ["fc:input"],
+                                                                  "teacher_layers": ["fc:input"]}]},
+                   ["scratch", "student"]),
 }
+
+
+def _teacher_of_another_task(tmp_path: Path) -> str:
+    """Weights of a 5-class digits teacher trained on digits 0-4 (the source task of the cross_task run)."""
+    raw = _recipe(tmp_path / "source", data={"name": "digits", "classes": [0, 1, 2, 3, 4], "batch_size": 64},
+                  teacher={**TEACHER, "hidden": [32]}, output_dir=str(tmp_path / "source"))
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    return str(sys.modules["distill.run"].obtain_teacher(plan, resume=False, log=lambda _: None).weights)
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_every_strategy_runs_end_to_end_with_its_defaults(tmp_path: Path, capsys, name: str) -> None:
     assert name in E2E, f"strategy {name!r} has no end-to-end recipe in this test"
     changes, rows = E2E[name]
+    if name == "cross_task":
+        changes = {**changes, "teacher": {**changes["teacher"], "weights": _teacher_of_another_task(tmp_path)}}
     raw = _recipe(tmp_path, **{**changes, "strategy": name, "train": {"epochs": 1, "optimizer": {"name": "adam"}}})
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     assert code == 0, err
@@ -383,3 +404,18 @@ def test_label_free_run_learns_from_the_teacher_alone(tmp_path: Path) -> None:
     assert m["student"]["top1"] > 0.6 > m["scratch"]["top1"]
     assert any("no labels (labels_per_class: 0)" in n for n in json.loads((tmp_path / "out" / "report.json")
                                                                            .read_text())["notes"])
+
+
+def test_a_teacher_of_another_domain_gets_its_inputs_resized() -> None:
+    from distill.models import FrozenTeacher
+
+    seen = []
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    teacher = FrozenTeacher(net, resize=(28, 28))
+    x = torch.rand(3, 1, 8, 8)
+    assert teacher(x).shape == (3, 10)
+    expected = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    assert torch.equal(seen[0], expected)
+    with pytest.raises(DistillError, match="does not fit"):
+        teacher(torch.rand(3, 8))

@@ -22,7 +22,7 @@ def load_data(recipe: Recipe, *, label_budget: bool = True) -> DataSplits:
     d = recipe.data
     norm = d.normalize.pair() if d.normalize else None
     return build_data(d.name, seed=recipe.seed, labels_per_class=d.labels_per_class if label_budget else None,
-                      normalize=norm, workers=d.workers, **d.kwargs)
+                      normalize=norm, workers=d.workers, classes=d.classes, **d.kwargs)
 
 
 def build_augment(recipe: Recipe) -> Augment | None:
@@ -39,8 +39,10 @@ def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
             raise DistillError(f"model '{spec.name}' reads one tensor but dataset '{data.name}' has dict inputs "
                                f"{sorted(data.input_shape)}: set its 'inputs' to one key")
         shape = (1,)  # an external model is built from its own arguments; the shape is not passed on
+    if spec.resize is not None:  # a teacher of another domain sees inputs resized to its own size
+        shape = (*shape[:-len(spec.resize)], *spec.resize)
     torch.manual_seed(seed)
-    return build_model(spec.name, num_classes=data.num_classes, input_shape=shape, **spec.kwargs)
+    return build_model(spec.name, num_classes=spec.classes or data.num_classes, input_shape=shape, **spec.kwargs)
 
 
 def resolve_path(path: str) -> Path:

@@ -38,11 +38,12 @@ class TeacherPart:
     inputs: Keys = None  # the fields of a dict input it reads
     weights: Path | None = None  # the file its weights came from (size on disk in the report)
     train: TrainSpec | None = None  # set: train it here first (it has no weights)
+    resize: tuple[int, ...] | None = None  # its input size, when it differs from the data's (another domain)
 
     def frozen(self, data: DataSplits) -> FrozenTeacher:
-        """Eval mode, no gradients, its own normalisation and input keys, enforced in one place."""
+        """Eval mode, no gradients, its own normalisation, input keys and input size, enforced in one place."""
         return FrozenTeacher(self.model, student_norm=(tuple(data.mean), tuple(data.std)),
-                             teacher_norm=self.normalize, inputs=self.inputs)
+                             teacher_norm=self.normalize, inputs=self.inputs, resize=self.resize)
 
 
 @dataclass
@@ -110,16 +111,21 @@ def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
     ``train``). ``normalize``: its input normalisation when the spec names none."""
     model = build_arch(spec, data, seed)
     weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
-    return TeacherPart(model, spec.model_dump(mode="json", exclude={"train", "weights"}),
-                       normalize=spec.normalize.pair() if spec.normalize else normalize, inputs=spec.inputs,
-                       weights=weights, train=None if weights else spec.train or train)
+    # keys added later are left out while unset, so existing caches keep their fingerprints
+    identity = spec.model_dump(mode="json", exclude={"train", "weights"}
+                               | {k for k in ("classes", "resize") if getattr(spec, k) is None})
+    return TeacherPart(model, identity, normalize=spec.normalize.pair() if spec.normalize else normalize,
+                       inputs=spec.inputs, weights=weights, train=None if weights else spec.train or train,
+                       resize=tuple(spec.resize) if spec.resize else None)
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What shapes a recipe's training: the recipe minus where its outputs go and how they are shown."""
     body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
-    for part, key in (("data", "augment"), ("data", "workers"), ("teacher", "inputs"), ("student", "inputs")):
+    for part, key in (("data", "augment"), ("data", "workers"), ("data", "classes"), ("teacher", "inputs"),
+                      ("student", "inputs"), ("teacher", "classes"), ("student", "classes"), ("teacher", "resize"),
+                      ("student", "resize")):
         if isinstance(body.get(part), dict) and body[part].get(key) is None:
             body[part].pop(key, None)
     for key in ("teachers", "peers"):

@@ -98,10 +98,13 @@ class DataSpec(_Open):
     normalize: NormSpec | None = None
     augment: AugmentSpec | None = None
     workers: int | None = Field(None, ge=0)  # DataLoader workers for streamed datasets (default: 2)
+    classes: list[int] | None = None  # keep these classes only, relabelled 0..n-1 (a task of its own)
 
 
 class ModelSpec(_Open):
     weights: str | None = None
+    classes: int | None = Field(None, ge=1)  # outputs; default the dataset's (a teacher of another task: its own)
+    resize: list[int] | None = None  # a teacher fed inputs resized to (H, W) (a teacher of another domain)
     normalize: NormSpec | None = None
     train: TrainSpec | None = None
     inputs: str | list[str] | None = None  # dict inputs: the key(s) this model reads (default: the whole input)
@@ -318,3 +321,8 @@ def _check_components(recipe: Recipe, singular: bool) -> None:
         if spec and spec.weights is None and spec.normalize is not None:
             raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
                                "a teacher trained here uses data.normalize")
+        if spec and spec.weights is None and spec.resize is not None:
+            raise DistillError("teacher.resize applies to a pretrained teacher (teacher.weights); "
+                               "a teacher trained here sees the data at its own size")
+    if recipe.student.resize is not None:
+        raise DistillError("student.resize: only a teacher is fed resized inputs (the student reads the data as is)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from distill.data.base import (
     DATASETS,
     DataSplits,
@@ -31,9 +33,10 @@ SPLITS = ("train", "val", "test")
 
 def build_data(name: str, *, seed: int = 0, labels_per_class: int | None = None,
                normalize: tuple[Sequence[float], Sequence[float]] | None = None, workers: int | None = None,
-               **kwargs: object) -> DataSplits:
+               classes: Sequence[int] | None = None, **kwargs: object) -> DataSplits:
     """Build the registered dataset ``name``: load it, apply the label budget to train (seeded by
-    ``seed``) and normalise every split with ``normalize`` or the dataset's default stats.
+    ``seed``) and normalise every split with ``normalize`` or the dataset's default stats. ``classes``: keep
+    only the samples of these classes, relabelled 0..len(classes)-1 in the order given (a task of its own).
 
     A builder returns ``RawSplits``, or a mapping with ``train`` and optionally ``val``, ``test`` and
     ``num_classes``, whose splits may be anything ``distill.fit`` accepts (Datasets stream)."""
@@ -45,6 +48,8 @@ def build_data(name: str, *, seed: int = 0, labels_per_class: int | None = None,
     elif not isinstance(raw, RawSplits):
         raise DistillError(f"dataset {name!r}: its builder returned a {type(raw).__name__}; expected RawSplits or "
                            "a mapping with 'train' (and optionally 'val', 'test', 'num_classes')")
+    if classes is not None:
+        raw = select_classes(raw, list(classes))
     return ready(name, raw, seed=seed, labels_per_class=labels_per_class, normalize=normalize)
 
 
@@ -60,6 +65,23 @@ def raw_splits(name: str, *, train: Any, val: Any = None, test: Any = None, num_
     if num_classes is None:
         num_classes = max(int(s.y.max()) for s in (tr, va, te) if len(s)) + 1
     return RawSplits(tr, va, te, num_classes=num_classes, mean=mean or IDENTITY[0], std=std or IDENTITY[1])
+
+
+def select_classes(raw: RawSplits, classes: list[int]) -> RawSplits:
+    """The samples of ``classes`` only, in every split, relabelled by their position in ``classes``."""
+    if len(set(classes)) != len(classes) or not classes or min(classes) < 0 or max(classes) >= raw.num_classes:
+        raise DistillError(f"data.classes: {classes} must be distinct class indices in [0, {raw.num_classes})")
+    remap = torch.full((raw.num_classes,), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def keep(split: Any) -> Any:
+        rows = (remap[split.y] >= 0).nonzero().squeeze(1)  # (K,)
+        part = split.subset(rows)
+        return part.with_targets(remap[part.y])
+
+    names = tuple(raw.class_names[c] for c in classes) if raw.class_names else None
+    return RawSplits(keep(raw.train), keep(raw.val), keep(raw.test), num_classes=len(classes), mean=raw.mean,
+                     std=raw.std, class_names=names)
 
 
 def ready(name: str, raw: RawSplits, *, seed: int, labels_per_class: int | None,

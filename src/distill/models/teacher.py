@@ -99,10 +99,12 @@ class FrozenTeacher(nn.Module):
     reads_whole_input = True  # ``feed`` passes it the batch's whole input: it selects its own fields
 
     def __init__(self, model: nn.Module, *, student_norm: Norm | None = None,
-                 teacher_norm: Norm | None = None, inputs: Keys = None) -> None:
+                 teacher_norm: Norm | None = None, inputs: Keys = None,
+                 resize: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.wrapped = model
         self.inputs = inputs
+        self.resize = tuple(resize) if resize else None  # (H, W) or (L,): a teacher trained at another size
         for p in model.parameters():
             p.requires_grad_(False)
         affine = renorm_affine(student_norm, teacher_norm)
@@ -143,4 +145,13 @@ class FrozenTeacher(nn.Module):
         with torch.no_grad():
             if isinstance(part, dict):
                 return as_logits(self.wrapped(**part))
-            return as_logits(self.wrapped(self.renormalise(part)))
+            return as_logits(self.wrapped(self.resized(self.renormalise(part))))
+
+    def resized(self, x: Tensor) -> Tensor:
+        """A batch (B, C, *size) resized to the teacher's input size (bilinear, or linear for 1-D signals)."""
+        if self.resize is None or tuple(x.shape[2:]) == self.resize:
+            return x
+        if x.ndim - 2 != len(self.resize):
+            raise DistillError(f"teacher.resize {list(self.resize)} does not fit inputs of shape {tuple(x.shape)}")
+        mode = "bilinear" if len(self.resize) == 2 else "linear"
+        return nn.functional.interpolate(x, size=self.resize, mode=mode, align_corners=False)

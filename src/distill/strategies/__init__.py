@@ -6,10 +6,11 @@
 - ``mutual``: students trained together, each distilling from the others (deep mutual learning).
 - ``born_again``: generation g (same architecture) teaches generation g+1.
 - ``cross_modal``: the teacher reads one field of a dict input (a modality), the student another.
+- ``cross_task``: a teacher of another task (other classes) teaches through features and their relations.
 """
 
-from distill.strategies import born_again, cross_modal, multi_teacher, mutual, offline
+from distill.strategies import born_again, cross_modal, cross_task, multi_teacher, mutual, offline
 from distill.strategies.base import STRATEGIES, Strategy, build_strategy
 
-__all__ = ["STRATEGIES", "Strategy", "born_again", "build_strategy", "cross_modal", "multi_teacher", "mutual",
-           "offline"]
+__all__ = ["STRATEGIES", "Strategy", "born_again", "build_strategy", "cross_modal", "cross_task", "multi_teacher",
+           "mutual", "offline"]

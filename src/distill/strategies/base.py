@@ -36,7 +36,7 @@ class Strategy:
 
         self.check_parts(teacher=recipe.teacher is not None, teachers=list(recipe.teachers or {}),
                          peers=list(recipe.peers or {}),
-                         methods=[(m.name, METHODS.get(m.name).needs, m.teacher) for m in recipe.methods])
+                         methods=[(m.name, _needs(METHODS.get(m.name), m.kwargs), m.teacher) for m in recipe.methods])
 
     def check_parts(self, *, teacher: bool, teachers: list[str], peers: list[str],
                     methods: list[tuple[str, Needs, str | None]]) -> None:
@@ -61,6 +61,15 @@ class Strategy:
     def args(self) -> dict[str, Any]:
         """The strategy's arguments (each strategy keeps them as attributes of the same names)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _needs(cls: Any, kwargs: dict[str, Any]) -> Needs:
+    """What a method built with ``kwargs`` needs (feature methods declare their taps when built); the class's
+    declaration when it cannot be built (its arguments are then reported where the methods are built)."""
+    try:
+        return cls(**kwargs).needs
+    except Exception:  # noqa: BLE001 - any constructor error is reported by build_methods, with its context
+        return cls.needs
 
 
 def refuse_named(methods: list[tuple[str, Needs, str | None]], strategy: str) -> None:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from distill.strategies.base import STRATEGIES, Log, Strategy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from distill.plan import Plan
     from distill.run import Outcome
 
@@ -18,18 +20,16 @@ class Offline(Strategy):
     """Teacher (loaded, or trained with cross-entropy), scratch student, distilled student, report."""
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
-        from distill.build import check_classes
         from distill.run import Trained, describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
 
         data = plan.data
         log(describe_data(data))
         teacher = obtain_teacher(plan, resume=resume, log=log)
         frozen = plan.teacher.frozen(data) if plan.teacher else None
-        check_classes(data, {"student": plan.student_inputs}, **({"teacher": frozen} if frozen else {}),
-                      student=plan.student)
-        notes = diagnose(plan.methods, frozen, data, log)
+        self.check_models(plan, frozen)
+        notes = diagnose(plan.methods, frozen, data, log) if self.same_task else []
         trained: dict[str, Trained] = {}
-        if frozen is not None:
+        if frozen is not None and self.same_task:
             teacher.frozen = frozen
             trained["teacher"] = teacher
         if plan.compare:
@@ -37,5 +37,14 @@ class Offline(Strategy):
             trained["scratch"] = train_scratch(plan, scratch, resume=resume, log=log, inputs=plan.student_inputs,
                                                notes=notes)
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)
-        return finish(plan, trained, frozen, notes, log)
+        return finish(plan, trained, frozen if self.same_task else None, notes, log)
+
+    same_task = True  # the teacher predicts the student's classes: it has a report row and an agreement column
+
+    def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
+        """Teacher and student output the dataset's classes (one line naming the mismatch if not)."""
+        from distill.build import check_classes
+
+        check_classes(plan.data, {"student": plan.student_inputs}, **({"teacher": frozen} if frozen else {}),
+                      student=plan.student)
 
