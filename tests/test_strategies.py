@@ -285,6 +285,9 @@ def test_fit_runs_a_strategy_from_python(tmp_path: Path) -> None:
                                            "teacher_layers": ["fc:input"]}}, "teacher must come trained"),
     ({"data": {"name": "digits", "classes": [1, 1]}}, "data.classes: [1, 1] must be distinct class indices"),
     ({"teacher": {**TEACHER, "resize": [28, 28]}}, "teacher.resize applies to a pretrained teacher"),
+    ({"teacher": None, "strategy": "mutual", "method": {"name": "rkd", "student_layers": ["fc:input"],
+                                                         "teacher_layers": ["fc:input"]}},
+     "taps features; strategy mutual takes logit methods"),
 ])
 def test_bad_strategy_input_is_one_line_and_exit_2(tmp_path: Path, capsys, changes: dict, message: str) -> None:
     recipe = write_recipe(tmp_path, _recipe(tmp_path, **changes))
