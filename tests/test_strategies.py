@@ -422,3 +422,34 @@ def test_a_teacher_of_another_domain_gets_its_inputs_resized() -> None:
     assert torch.equal(seen[0], expected)
     with pytest.raises(DistillError, match="does not fit"):
         teacher(torch.rand(3, 8))
+
+
+def test_overrides_extend_the_strategy_and_cache_shorthands(tmp_path: Path) -> None:
+    from distill.recipe import load_recipe
+
+    path = write_recipe(tmp_path, _recipe(tmp_path, teacher=None, strategy="mutual", cache="off"))
+    recipe = load_recipe(path, ["strategy.copies=3", "cache.k=5"])
+    assert recipe.strategy.name == "mutual" and recipe.strategy.kwargs == {"copies": 3}
+    assert recipe.cache.mode == "off" and recipe.cache.k == 5
+
+
+@pytest.mark.parametrize("unlabelled", [True, False])
+def test_cross_task_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, monkeypatch,
+                                                                       unlabelled: bool) -> None:
+    run_module = sys.modules["distill.run"]
+    seen: dict[str, tuple[int, int | None]] = {}
+    real = run_module.train_role
+
+    def spy(role, plan, model, methods, train, ds, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen[role] = (len(ds), kw.get("epoch_size"))
+        return real(role, plan, model, methods, train, ds, **kw)
+
+    changes, _ = E2E["cross_task"]
+    teacher = {**changes["teacher"], "weights": _teacher_of_another_task(tmp_path)}
+    monkeypatch.setattr(run_module, "train_role", spy)
+    raw = _recipe(tmp_path, **{**changes, "teacher": teacher, "train": {"epochs": 1, "optimizer": {"name": "adam"}},
+                               "strategy": {"name": "cross_task", "unlabelled": unlabelled}})
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    distill.execute(plan, log=lambda _: None)
+    n, labelled = len(plan.data.train), len(plan.data.labelled_train())
+    assert seen["student"] == ((n, None) if unlabelled else (labelled, n)) and seen["scratch"] == (labelled, n)

@@ -1,6 +1,7 @@
 """``distill bench RECIPE --strategies a,b,...``: strategies compared as ``--methods`` compares methods.
 
-An entry is a strategy name with optional arguments, ``name:key=value:key=value`` (values parsed as YAML):
+An entry is a strategy name with optional arguments, ``name:key=value:key=value`` (values parsed as YAML; for the
+recipe's own strategy they update the recipe's arguments):
 ``multi_teacher:weighting=entropy``, ``born_again:generations=2``, ``mutual:copies=3``. ``offline:teacher=cnn``
 distils from one named teacher of a multi-teacher recipe alone (the single-teacher baselines of an ensemble).
 Teachers trained here are trained once (the recipe's seed) and loaded by every run; for every seed the scratch
@@ -68,7 +69,8 @@ def variant(recipe: Recipe, name: str, kwargs: dict[str, Any], seed: int, out: P
         raw["methods"] = [{k: v for k, v in m.items() if k != "teacher"} for m in raw["methods"]]
     if name != "mutual":
         raw.pop("peers", None)
-    raw.update(seed=seed, output_dir=str(out), compare=False, strategy={"name": name, **kwargs})
+    own = recipe.strategy.kwargs if recipe.strategy.name == name else {}  # the recipe's arguments, then the entry's
+    raw.update(seed=seed, output_dir=str(out), compare=False, strategy={"name": name, **own, **kwargs})
     return recipe_from_dict(raw, source=f"--strategies {name}")
 
 

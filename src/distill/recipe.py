@@ -224,6 +224,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             else:
                 if isinstance(node, dict) and node.get(part) is None:
                     node[part] = {}
+                if i == 0 and part in ("strategy", "cache") and isinstance(node[part], (str, bool)):
+                    # `strategy: mutual` / `cache: auto` are shorthands: `strategy.copies=3` extends them
+                    node[part] = {"name": node[part]} if part == "strategy" else _cache_shorthand(node[part])
                 node = node[part]
     return raw
 

@@ -131,18 +131,23 @@ def obtain_teacher(plan: Plan, *, resume: bool, log: Log, part: TeacherPart | No
 
 def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False, log: Log = print,
                   notes: list[str] | None = None, role: str = "student", model: nn.Module | None = None,
-                  methods: MethodSet | None = None, cache_plan: Plan | None = None) -> Trained:
+                  methods: MethodSet | None = None, cache_plan: Plan | None = None,
+                  labelled_only: bool = False) -> Trained:
     """The distilled student (``model``, default the plan's) from ``teacher``, read from the teacher cache when
     its methods allow it (see ``distill.cache.plan``; ``cache_plan``: the plan whose cache settings and
-    location apply, default ``plan``)."""
+    location apply, default ``plan``). ``labelled_only``: train on the labelled samples alone, batch for batch what
+    the scratch student sees, instead of the whole training split."""
     methods = plan.methods if methods is None else methods
     cache = prepare_cache(replace(cache_plan or plan, methods=methods), teacher, log=log)
     if notes is not None and cache is not None:
         notes.append(f"teacher outputs read from the cache {cache.path} (top-{cache.k} of {cache.num_classes} "
                      f"logits, {cache.views} view(s)); the teacher ran once, not every epoch")
     views = cache.views if cache is not None else plan.cache.views
-    return train_role(role, plan, plan.student if model is None else model, methods, plan.train, plan.data.train,
-                      teacher=teacher, cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs)
+    data = plan.data
+    ds, size = (data.labelled_train(), len(data.train)) if labelled_only else (data.train, None)
+    return train_role(role, plan, plan.student if model is None else model, methods, plan.train, ds,
+                      teacher=teacher, cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs,
+                      epoch_size=size)
 
 
 def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, train: TrainSpec, ds: Any, *,

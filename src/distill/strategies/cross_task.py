@@ -30,6 +30,15 @@ class CrossTask(Offline):
 
     same_task = False
 
+    def __init__(self, unlabelled: bool = True) -> None:
+        self.unlabelled = unlabelled
+
+    @property
+    def labelled_only(self) -> bool:  # type: ignore[override]
+        """``unlabelled: false``: the student sees the labelled samples alone, batch for batch the scratch
+        student's, the teacher's relations acting on them (else the whole split: the transfer set too)."""
+        return not self.unlabelled
+
     def check(self, recipe: Recipe) -> None:
         super().check(recipe)
         if recipe.teacher is not None and recipe.teacher.weights is None:

@@ -36,10 +36,12 @@ class Offline(Strategy):
             scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
             trained["scratch"] = train_scratch(plan, scratch, resume=resume, log=log, inputs=plan.student_inputs,
                                                notes=notes)
-        trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes)
+        trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
+                                           labelled_only=self.labelled_only)
         return finish(plan, trained, frozen if self.same_task else None, notes, log)
 
     same_task = True  # the teacher predicts the student's classes: it has a report row and an agreement column
+    labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
 
     def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
         """Teacher and student output the dataset's classes (one line naming the mismatch if not)."""
