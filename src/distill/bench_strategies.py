@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.bench import Row, _record, _tagged, write_bench
-from distill.build import load_data
+from distill.build import load_data, output_classes
 from distill.errors import DistillError
 from distill.plan import plan_from_recipe
 from distill.recipe import Recipe, parse_value, recipe_from_dict
@@ -106,6 +106,8 @@ def bench_strategies(recipe: Recipe, *, strategies: str, seeds: int = 1, resume:
     rows: dict[str, Row] = {}
     data = load_data(recipe)
     for role, t in teachers.items():
+        if output_classes(t.frozen, data, None, role) != data.num_classes:
+            continue  # a teacher of another task (cross_task): its classes are not this task's
         rows[role] = Row(role)
         _record(rows[role], recipe.seed, Trained(t.frozen, t.history), data, None)
     rows["scratch"] = Row("scratch")
