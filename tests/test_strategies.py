@@ -100,11 +100,9 @@ def _twin_recipes(tmp_path: Path, **changes: object) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-@pytest.mark.parametrize("unlabelled", [True, False])
-def test_mutual_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, monkeypatch,
-                                                                   unlabelled: bool) -> None:
-    import sys
-
+@pytest.fixture
+def role_data(monkeypatch) -> dict[str, tuple[int, int | None]]:
+    """Role -> (length of the dataset it trained on, epoch_size), recorded from ``distill.run.train_role``."""
     run_module = sys.modules["distill.run"]
     seen: dict[str, tuple[int, int | None]] = {}
     real = run_module.train_role
@@ -114,6 +112,13 @@ def test_mutual_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path
         return real(role, plan, model, methods, train, ds, **kw)
 
     monkeypatch.setattr(run_module, "train_role", spy)
+    return seen
+
+
+@pytest.mark.parametrize("unlabelled", [True, False])
+def test_mutual_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, role_data: dict,
+                                                                   unlabelled: bool) -> None:
+    seen = role_data
     raw = _mutual(tmp_path, train={"epochs": 1, "optimizer": {"name": "adam", "lr": 0.003}},
                   strategy={"name": "mutual", "unlabelled": unlabelled})
     plan = distill.plan_from_recipe(recipe_from_dict(raw))
@@ -434,19 +439,12 @@ def test_overrides_extend_the_strategy_and_cache_shorthands(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("unlabelled", [True, False])
-def test_cross_task_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, monkeypatch,
+def test_cross_task_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: Path, role_data: dict,
                                                                        unlabelled: bool) -> None:
-    run_module = sys.modules["distill.run"]
-    seen: dict[str, tuple[int, int | None]] = {}
-    real = run_module.train_role
-
-    def spy(role, plan, model, methods, train, ds, **kw):  # noqa: ANN001, ANN003, ANN202
-        seen[role] = (len(ds), kw.get("epoch_size"))
-        return real(role, plan, model, methods, train, ds, **kw)
-
     changes, _ = E2E["cross_task"]
     teacher = {**changes["teacher"], "weights": _teacher_of_another_task(tmp_path)}
-    monkeypatch.setattr(run_module, "train_role", spy)
+    role_data.clear()  # the source teacher's own training is not part of this run
+    seen = role_data
     raw = _recipe(tmp_path, **{**changes, "teacher": teacher, "train": {"epochs": 1, "optimizer": {"name": "adam"}},
                                "strategy": {"name": "cross_task", "unlabelled": unlabelled}})
     plan = distill.plan_from_recipe(recipe_from_dict(raw))
