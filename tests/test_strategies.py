@@ -451,3 +451,17 @@ def test_cross_task_trains_on_the_transfer_set_or_on_the_labels_alone(tmp_path: 
     distill.execute(plan, log=lambda _: None)
     n, labelled = len(plan.data.train), len(plan.data.labelled_train())
     assert seen["student"] == ((n, None) if unlabelled else (labelled, n)) and seen["scratch"] == (labelled, n)
+
+
+def test_bench_compares_strategies_with_a_row_per_trained_model(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, _recipe(tmp_path, train={"epochs": 1, "optimizer": {"name": "adam"}}))
+    code, _, err = cli(capsys, "bench", str(recipe), "--strategies", "offline,mutual,born_again:generations=1",
+                       "--seeds", "1")
+    assert code == 0, err
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "bench" / "bench.json").read_text())["rows"]}
+    assert set(rows) == {"teacher", "scratch", "offline", "mutual", "mutual:student2",
+                         "born_again:generations=1:gen0", "born_again:generations=1:gen1"}
+    # gen0 is the scratch student trained again in its own run: the same number
+    assert rows["born_again:generations=1:gen0"]["top1_last"] == rows["scratch"]["top1_last"]
+    md = (tmp_path / "out" / "bench" / "bench.md").read_text()
+    assert "--strategies offline,mutual,born_again:generations=1" in md

@@ -18,6 +18,7 @@ from typing import Any
 
 from distill.bench import Row, _record, _tagged, write_bench
 from distill.build import load_data, output_classes
+from distill.data import DataSplits
 from distill.errors import DistillError
 from distill.plan import plan_from_recipe
 from distill.recipe import Recipe, parse_value, recipe_from_dict
@@ -74,14 +75,13 @@ def variant(recipe: Recipe, name: str, kwargs: dict[str, Any], seed: int, out: P
     return recipe_from_dict(raw, source=f"--strategies {name}")
 
 
-def with_trained_teachers(recipe: Recipe, root: Path, resume: bool, log: Log) -> tuple[Recipe, dict[str, Trained]]:
+def with_trained_teachers(recipe: Recipe, root: Path, resume: bool, log: Log,
+                          data: DataSplits) -> tuple[Recipe, dict[str, Trained]]:
     """The recipe with every teacher trained here replaced by its weights (trained once, into ``root``)."""
-    plan = plan_from_recipe(recipe.model_copy(update={"output_dir": str(root)}))
+    plan = plan_from_recipe(recipe.model_copy(update={"output_dir": str(root)}), data=data)
     raw = recipe.model_dump(mode="json", exclude_none=True)
     done: dict[str, Trained] = {}
-    parts = {"teacher": plan.teacher} if plan.teacher else {}
-    parts.update({f"teachers/{n}": p for n, p in plan.teachers.items()})
-    for role, part in parts.items():
+    for role, part in plan.teacher_parts().items():
         t = obtain_teacher(plan, part=part, role=role, resume=resume, log=_tagged(log, role, recipe.seed))
         t.frozen = part.frozen(plan.data)
         done[role.replace("teachers/", "teacher:")] = t
@@ -102,9 +102,9 @@ def bench_strategies(recipe: Recipe, *, strategies: str, seeds: int = 1, resume:
     seed_list = list(range(recipe.seed, recipe.seed + seeds))
     for label, name, kwargs in entries:  # every entry must make a valid recipe before anything trains
         variant(recipe, name, kwargs, recipe.seed, root / label)
-    recipe, teachers = with_trained_teachers(recipe, root, resume, log)
-    rows: dict[str, Row] = {}
     data = load_data(recipe)
+    recipe, teachers = with_trained_teachers(recipe, root, resume, log, data)
+    rows: dict[str, Row] = {}
     for role, t in teachers.items():
         if output_classes(t.frozen, data, None, role) != data.num_classes:
             continue  # a teacher of another task (cross_task): its classes are not this task's
@@ -113,11 +113,9 @@ def bench_strategies(recipe: Recipe, *, strategies: str, seeds: int = 1, resume:
     rows["scratch"] = Row("scratch")
     for seed in seed_list:
         _bench_seed(recipe, seed, entries, rows, root, resume, log)
-    table = [r for n, r in rows.items() if n != "teacher"]
-    if "teacher" in rows:
-        table.insert(0, rows["teacher"])
-    return write_bench(root, table, command=command or f"distill bench --strategies {strategies}", recipe=recipe,
-                       seeds=seed_list, plans={}, footer=_FOOTER)
+    command = command or f"distill bench --strategies {strategies}"
+    return write_bench(root, list(rows.values()), command=command, recipe=recipe, seeds=seed_list, plans={},
+                       footer=_FOOTER)
 
 
 _FOOTER = ("Strategies compared: each row is one model a strategy trained (the entry's own name is its distilled "

@@ -40,9 +40,8 @@ def train_teacher(recipe: Recipe, *, resume: bool = False) -> str:
                            "nothing to train")
     with distributed(recipe.device):
         plan = plan_from_recipe(recipe)
-        parts = {"teacher": plan.teacher} if plan.teacher else {f"teachers/{n}": p for n, p in plan.teachers.items()}
         done = [obtain_teacher(plan, part=p, role=r, resume=resume, log=main_log(print)).weights
-                for r, p in parts.items() if p is not None and p.train is not None]
+                for r, p in plan.teacher_parts().items() if p.train is not None]
     return ", ".join(str(w.resolve()) for w in done if w is not None)
 
 

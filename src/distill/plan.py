@@ -52,7 +52,6 @@ class Peer:
 
     model: nn.Module
     inputs: Keys = None
-    spec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +82,11 @@ class Plan:
     peers: dict[str, Peer] = field(default_factory=dict)  # students trained beside `student` (mutual)
     fresh_student: Callable[[int], nn.Module] | None = None  # a new student initialised from a seed
 
+    def teacher_parts(self) -> dict[str, TeacherPart]:
+        """Every teacher by the role it trains under: ``teacher``, or ``teachers/<name>`` for several."""
+        parts = {"teacher": self.teacher} if self.teacher is not None else {}
+        return parts | {f"teachers/{n}": p for n, p in self.teachers.items()}
+
 
 def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     """Build a recipe into a Plan: data, models (weights loaded), methods. ``data`` reuses loaded splits."""
@@ -92,7 +96,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
     teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
     # each peer starts from its own initialisation: identical students would stay identical under mutual learning
-    peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs, s.model_dump(mode="json"))
+    peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs)
              for i, (k, s) in enumerate((recipe.peers or {}).items(), start=1)}
     return Plan(name=recipe.name, seed=recipe.seed, out=recipe.out, device=recipe.device, data=data,
                 student=build_arch(recipe.student, data, recipe.seed), methods=build_methods(recipe),

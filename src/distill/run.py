@@ -87,18 +87,23 @@ def train_scratch(plan: Plan, model: nn.Module, *, role: str = "scratch", resume
     """The scratch baseline of ``model`` (trained in place): cross-entropy on the labelled samples only, for the
     same number of optimizer steps as a student that sees the whole training split. With no label at all
     (``labels_per_class: 0``) it is the untrained initial model: what the student would be without a teacher."""
-    data = plan.data
-    labelled = data.labelled_train()
+    labelled, steps = training_split(plan.data, labelled_only=True)
     if len(labelled) == 0:
         if notes is not None:
             notes.append(f"{role} student: no labels (labels_per_class: 0), so it is the untrained initial student")
         return Trained(model, inputs=inputs)
     trained = train_role(role, plan, model, MethodSet([CE()]), plan.train, labelled, resume=resume, log=log,
-                         epoch_size=len(data.train), inputs=inputs)
+                         epoch_size=steps, inputs=inputs)
     if notes is not None:
         notes.append(f"{role} student: trained on the {len(labelled)} labelled samples only, "
                      f"for the same number of optimizer steps as the distilled student")
     return trained
+
+
+def training_split(data: DataSplits, labelled_only: bool) -> tuple[Any, int | None]:
+    """(dataset, epoch_size) a student trains on: the whole training split, or its labelled samples alone cycled
+    for as many samples per epoch as the whole split (the scratch baseline's batches)."""
+    return (data.labelled_train(), len(data.train)) if labelled_only else (data.train, None)
 
 
 def finish(plan: Plan, trained: dict[str, Trained], reference: nn.Module | None, notes: list[str],
@@ -143,8 +148,7 @@ def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False
         notes.append(f"teacher outputs read from the cache {cache.path} (top-{cache.k} of {cache.num_classes} "
                      f"logits, {cache.views} view(s)); the teacher ran once, not every epoch")
     views = cache.views if cache is not None else plan.cache.views
-    data = plan.data
-    ds, size = (data.labelled_train(), len(data.train)) if labelled_only else (data.train, None)
+    ds, size = training_split(plan.data, labelled_only)
     return train_role(role, plan, plan.student if model is None else model, methods, plan.train, ds,
                       teacher=teacher, cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs,
                       epoch_size=size)
@@ -200,19 +204,14 @@ def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trai
     return Trained(model, list(meta["history"]), weights, inputs=inputs)
 
 
-def epoch_top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys = None) -> float:
-    """Top-1 accuracy on ``split`` (every rank gets the same number under torchrun)."""
-    return _top1(model, split, batch_size, inputs)
-
-
 def _epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return {"val_top1": _top1(model, data.val, batch_size, inputs),
-                "test_top1": _top1(model, data.test, batch_size, inputs)}
+        return {"val_top1": epoch_top1(model, data.val, batch_size, inputs),
+                "test_top1": epoch_top1(model, data.test, batch_size, inputs)}
     return evaluate
 
 
-def _top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys) -> float:
+def epoch_top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys = None) -> float:
     """Top-1 accuracy on ``split``. Under torchrun each rank predicts its own contiguous share and the correct
     counts are summed: every rank gets the same number, and none waits while another evaluates everything."""
     if world_size() == 1:

@@ -52,7 +52,6 @@ class BornAgain(Strategy):
         data = plan.data
         log(describe_data(data))
         check_classes(data, {"student": plan.student_inputs}, student=plan.student)
-        methods = copy.deepcopy(plan.methods)  # untouched: each generation gets its own fresh copy
         notes = [f"born_again: gen0 is the scratch student; gen g+1 ({self.generations} generations) has the same "
                  "architecture, a fresh initialisation, and distils from gen g"]
         trained: dict[str, Trained] = {}
@@ -66,7 +65,7 @@ class BornAgain(Strategy):
             teacher = part.frozen(data)
             log(f"gen{g}: distilling from gen{g - 1}")
             trained[f"gen{g}"] = train_student(plan_g, teacher, resume=resume, log=log, role=f"gen{g}",
-                                               model=self._fresh(plan, g), methods=copy.deepcopy(methods),
+                                               model=self._fresh(plan, g), methods=copy.deepcopy(plan.methods),
                                                cache_plan=replace(plan_g, out=plan.out / f"gen{g}"))
         return finish(plan, trained, None, notes, log, roles={"scratch": "gen0", "student": f"gen{self.generations}"})
 

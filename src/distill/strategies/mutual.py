@@ -122,7 +122,7 @@ class Mutual(Strategy):
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
         from distill.build import check_classes
-        from distill.run import describe_data, finish, train_role, train_scratch
+        from distill.run import describe_data, finish, train_role, train_scratch, training_split
 
         data = plan.data
         log(describe_data(data))
@@ -140,7 +140,7 @@ class Mutual(Strategy):
         methods = PeerMethods(plan.methods, list(members))
         # unlabelled=False: the paper's supervised setting, the labelled samples only, for as many steps as the
         # scratch students take (with labels_per_class, the rest of the split is otherwise a shared transfer set)
-        ds, size = (data.train, None) if self.unlabelled else (data.labelled_train(), len(data.train))
+        ds, size = training_split(data, labelled_only=not self.unlabelled)
         done = train_role("mutual", plan, cohort, methods, plan.train, ds, resume=resume, log=log, epoch_size=size,
                           evaluate=_cohort_eval(plan, members))
         trained.update(split_cohort(plan, done, members))

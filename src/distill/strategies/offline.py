@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 class Offline(Strategy):
     """Teacher (loaded, or trained with cross-entropy), scratch student, distilled student, report."""
 
+    same_task = True  # the teacher predicts the student's classes: it has a report row and an agreement column
+    labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
+
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
         from distill.run import Trained, describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
 
@@ -39,9 +42,6 @@ class Offline(Strategy):
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
                                            labelled_only=self.labelled_only)
         return finish(plan, trained, frozen if self.same_task else None, notes, log)
-
-    same_task = True  # the teacher predicts the student's classes: it has a report row and an agreement column
-    labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
 
     def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
         """Teacher and student output the dataset's classes (one line naming the mismatch if not)."""
