@@ -360,13 +360,17 @@ E2E = {
                     "method": None, "methods": [{"name": "ce"}, {"name": "rkd", "student_layers": ["fc:input"],
                                                                   "teacher_layers": ["fc:input"]}]},
                    ["scratch", "student"]),
+    "data_free": ({"teacher": {"name": "mlp", "hidden": [64], "weights": "TEACHER_OF_0_TO_9"}},
+                  ["teacher", "scratch", "student"]),
 }
 
 
-def _teacher_of_another_task(tmp_path: Path) -> str:
-    """Weights of a 5-class digits teacher trained on digits 0-4 (the source task of the cross_task run)."""
-    raw = _recipe(tmp_path / "source", data={"name": "digits", "classes": [0, 1, 2, 3, 4], "batch_size": 64},
-                  teacher={**TEACHER, "hidden": [32]}, output_dir=str(tmp_path / "source"))
+def _teacher_of_another_task(tmp_path: Path, classes: list[int] | None = None, hidden: int = 32) -> str:
+    """Weights of a digits teacher trained on digits 0-4 (the source task of the cross_task run), or on
+    ``classes``."""
+    data = {"name": "digits", "classes": classes or [0, 1, 2, 3, 4], "batch_size": 64}
+    raw = _recipe(tmp_path / "source", data=data, teacher={**TEACHER, "hidden": [hidden]},
+                  output_dir=str(tmp_path / "source"))
     plan = distill.plan_from_recipe(recipe_from_dict(raw))
     return str(sys.modules["distill.run"].obtain_teacher(plan, resume=False, log=lambda _: None).weights)
 
@@ -377,6 +381,9 @@ def test_every_strategy_runs_end_to_end_with_its_defaults(tmp_path: Path, capsys
     changes, rows = E2E[name]
     if name == "cross_task":
         changes = {**changes, "teacher": {**changes["teacher"], "weights": _teacher_of_another_task(tmp_path)}}
+    if name == "data_free":
+        weights = _teacher_of_another_task(tmp_path, list(range(10)), hidden=64)
+        changes = {**changes, "teacher": {**changes["teacher"], "weights": weights}}
     raw = _recipe(tmp_path, **{**changes, "strategy": name, "train": {"epochs": 1, "optimizer": {"name": "adam"}}})
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     assert code == 0, err

@@ -157,13 +157,14 @@ def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False
 def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, train: TrainSpec, ds: Any, *,
                teacher: nn.Module | None = None, cache: Any = None, resume: bool = False, log: Log = print,
                epoch_size: int | None = None, views: int | None = None, inputs: Keys = None,
-               targets: Any = None, evaluate: Any = None) -> Trained:
+               targets: Any = None, evaluate: Any = None, groups: list[Any] | None = None) -> Trained:
     """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
 
     Training batches carry the plan's augmentation (``views``: cycle through that many augmented views
     instead of a fresh one each epoch); per-epoch evaluation never augments. ``inputs``: the keys of a dict
     input the model reads. ``targets``: several teachers combined (``distill.engine.loop.FitJob.targets``);
-    ``evaluate``: the per-epoch evaluation (default: top-1 on val and test).
+    ``evaluate``: the per-epoch evaluation (default: top-1 on val and test); ``groups``: parameters with their
+    own optimizer and schedule (``distill.engine.optim.Group``).
     """
     check_global_batch(plan.batch_size)
     out = plan.out / role
@@ -181,7 +182,7 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
                  evaluate=evaluate or _epoch_eval(plan.data, plan.eval_batch_size, inputs),
-                 num_classes=plan.data.num_classes, inputs=inputs, targets=targets)
+                 num_classes=plan.data.num_classes, inputs=inputs, targets=targets, groups=groups)
     history = fit(job)
     on_main(partial(_save_role, out, role, fp, model, history))
     return Trained(model, history, out / "model.safetensors", inputs=inputs)

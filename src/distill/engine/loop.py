@@ -23,7 +23,7 @@ from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog
 from distill.engine.meter import Meter
-from distill.engine.optim import build_optimizer, build_scheduler
+from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.errors import DistillError
 from distill.methods.base import MethodSet
 from distill.models import Keys, as_logits, feed
@@ -54,6 +54,7 @@ class FitJob:
     num_classes: int = 0  # 0: inferred from the labels
     inputs: Keys = None  # the fields of a dict input the model reads (the teacher's own are in FrozenTeacher)
     targets: Any = None  # several teachers combined by a strategy (see ``Targets``); replaces teacher/cache
+    groups: list[Group] | None = None  # parameters with their own optimizer and schedule (a generator's)
     log: Callable[[str], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -75,9 +76,9 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     _setup_methods(job)
     methods = job.methods.to(job.device)
     params = list(model.parameters()) + list(methods.parameters())
-    opt = build_optimizer(params, job.train.optimizer)
+    opt = build_optimizer(params, job.train.optimizer, job.groups)
     pre = methods.pretrain_epochs
-    sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre)
+    sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre, job.groups)
     start = _start(job, opt, sched)
     if job.train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -134,18 +134,32 @@ class FrozenTeacher(nn.Module):
         shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)  # broadcast over dim 1 or everything
         return x * self.in_scale.view(shape).to(x.dtype) + self.in_shift.view(shape).to(x.dtype)
 
+    def from_teacher(self, x: Tensor) -> Tensor:
+        """The inverse of ``renormalise``: a batch (B, C, ...) normalised as the teacher expects, mapped to the
+        student's normalisation (a data-free run generates in the teacher's space)."""
+        if self.in_scale is None:
+            return x
+        c = self.in_scale.numel()
+        shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)
+        return (x - self.in_shift.view(shape).to(x.dtype)) / self.in_scale.view(shape).to(x.dtype)
+
     def forward(self, x: Any) -> Tensor:
         """Student-normalised batch (B, ...) -> teacher logits (B, C), without autograd history.
 
         With dict inputs the teacher gets the fields it reads (``inputs``); re-normalisation applies to a
         tensor input only."""
+        with torch.no_grad():
+            return self.through(x)
+
+    def through(self, x: Any) -> Tensor:
+        """``forward`` with autograd in the input: gradients reach ``x`` (a generator learns through the teacher),
+        never the teacher's parameters, which stay frozen."""
         if self.wrapped.training:  # someone called .train() on the inner model directly
             self.wrapped.eval()
         part = select(x, self.inputs, "teacher")
-        with torch.no_grad():
-            if isinstance(part, dict):
-                return as_logits(self.wrapped(**part))
-            return as_logits(self.wrapped(self.resized(self.renormalise(part))))
+        if isinstance(part, dict):
+            return as_logits(self.wrapped(**part))
+        return as_logits(self.wrapped(self.resized(self.renormalise(part))))
 
     def resized(self, x: Tensor) -> Tensor:
         """A batch (B, C, *size) resized to the teacher's input size (bilinear, or linear for 1-D signals)."""

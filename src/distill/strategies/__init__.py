@@ -7,10 +7,13 @@
 - ``born_again``: generation g (same architecture) teaches generation g+1.
 - ``cross_modal``: the teacher reads one field of a dict input (a modality), the student another.
 - ``cross_task``: a teacher of another task (other classes) teaches through features and their relations.
+- ``data_free``: no training input: a generator synthesises batches against the teacher (DAFL, DeepInversion,
+  DFAD/ZSKT losses) and the student distils on them.
 """
 
-from distill.strategies import born_again, cross_modal, cross_task, multi_teacher, mutual, offline
+from distill.strategies import born_again, cross_modal, cross_task, data_free, multi_teacher, mutual, offline
 from distill.strategies.base import STRATEGIES, Strategy, build_strategy
 
-__all__ = ["STRATEGIES", "Strategy", "born_again", "build_strategy", "cross_modal", "cross_task", "multi_teacher",
+__all__ = ["STRATEGIES", "Strategy", "born_again", "build_strategy", "cross_modal", "cross_task", "data_free",
+           "multi_teacher",
            "mutual", "offline"]
