@@ -259,3 +259,13 @@ def test_bn_matching_on_a_teacher_without_batchnorm_is_refused_from_python(tmp_p
     raw["strategy"]["losses"] = {"bn": 0.1}
     with pytest.raises(DistillError, match="has no BatchNorm layer"):
         distill.execute(distill.plan_from_recipe(recipe_from_dict(raw)), log=lambda _: None)
+
+
+def test_fit_runs_data_free_from_python_with_a_teacher_module(tmp_path: Path) -> None:
+    teacher = _bn_teacher()  # a module is taken as pretrained; it has BatchNorm, so bn matching applies
+    result = distill.fit(teacher, {"name": "mlp", "hidden": [16]}, "digits", methods=["kd"], epochs=1,
+                         strategy={"name": "data_free", "steps": 3, "losses": {"bn": 0.1}}, batch_size=32,
+                         output_dir=tmp_path / "out", latency=False, log=lambda _: None)
+    assert set(result.metrics) == {"teacher", "scratch", "student"}
+    assert (tmp_path / "out" / "generator" / "model.safetensors").is_file()
+    assert result.history[-1]["generator.bn"] != 0.0

@@ -463,3 +463,17 @@ def test_kdsvd_setup_forward_backward_with_different_widths() -> None:
                           _batch([0] * 4), CTX)
     with pytest.raises(DistillError, match="connector"):
         kdsvd_mod.KDSVD(connector=False).setup(SetupContext(s_shapes, t_shapes, num_samples=10, num_classes=3))
+
+
+def test_logit_matching_is_mean_absolute_or_squared_logit_error() -> None:
+    s = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    t = torch.tensor([[0.0, 1.0], [2.5, 3.0]])
+    batch = Batch(s, torch.tensor([0, UNLABELLED]), torch.arange(2))
+    ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+    l1 = METHODS.get("logits")(p=1)(ModelOutput(s), ModelOutput(t), batch, ctx)
+    assert l1.loss.item() == pytest.approx((1 + 3 + 2 + 0) / 4)
+    l2 = METHODS.get("logits")(p=2, alpha=0.5, beta=2.0)(ModelOutput(s), ModelOutput(t), batch, ctx)
+    ce = -torch.log_softmax(s[0], 0)[0].item()
+    assert l2.loss.item() == pytest.approx(2.0 * (1 + 9 + 4 + 0) / 4 + 0.5 * ce, rel=1e-6)
+    with pytest.raises(ValueError, match="p must be 1"):
+        METHODS.get("logits")(p=3)

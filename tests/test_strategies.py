@@ -320,10 +320,14 @@ def test_readme_strategies_snippets_run(tmp_path: Path, monkeypatch) -> None:
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
     section = text.split("### Strategies", 1)[1].split("\n### ", 1)[0]
-    (block,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    block, data_free = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     raw = {**_recipe(tmp_path, teacher=None, method=None), **yaml.safe_load(block)}
     recipe = recipe_from_dict(raw)  # the YAML example is a valid recipe fragment
     assert recipe.strategy.kwargs == {"weighting": "confidence"} and recipe.methods[1].teacher == "cnn"
+    teacher = {"name": "mlp", "weights": str(tmp_path / "t.safetensors")}
+    recipe = recipe_from_dict({**_recipe(tmp_path, teacher=teacher), **yaml.safe_load(data_free)})
+    strategy = STRATEGIES.get("data_free")(**recipe.strategy.kwargs)
+    assert strategy.student_steps == 5 and strategy._losses.bn == 1.0 and strategy._gen.width == 32
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme"}
@@ -472,3 +476,22 @@ def test_bench_compares_strategies_with_a_row_per_trained_model(tmp_path: Path, 
     assert rows["born_again:generations=1:gen0"]["top1_last"] == rows["scratch"]["top1_last"]
     md = (tmp_path / "out" / "bench" / "bench.md").read_text()
     assert "--strategies offline,mutual,born_again:generations=1" in md
+
+
+def test_cross_task_finetune_baseline_starts_from_the_teachers_weights_with_a_new_head(tmp_path: Path) -> None:
+    from distill.strategies.finetune import with_new_head
+
+    data = {"name": "digits", "classes": [5, 6, 7, 8, 9], "labels_per_class": 5, "batch_size": 64}
+    teacher = {"name": "mlp", "hidden": [32], "classes": 5, "weights": _teacher_of_another_task(tmp_path)}
+    raw = _recipe(tmp_path, data=data, teacher=teacher, strategy={"name": "cross_task", "finetune": True},
+                  method=None, methods=[{"name": "ce"}, {"name": "rkd", "student_layers": ["fc:input"],
+                                                         "teacher_layers": ["fc:input"]}])
+    plan = distill.plan_from_recipe(recipe_from_dict(raw))
+    tuned = with_new_head(plan.teacher, plan.data, seed=0).model
+    body = {k: v for k, v in plan.teacher.model.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(tuned.state_dict()[k], v) for k, v in body.items())
+    assert all(p.requires_grad for p in tuned.parameters()) and tuned.fc.out_features == 5
+    outcome = distill.execute(plan, log=lambda _: None)
+    assert list(outcome.metrics) == ["scratch", "finetuned", "student"]
+    assert outcome.metrics["finetuned"]["params"] == sum(p.numel() for p in tuned.parameters())
+    assert outcome.metrics["finetuned"]["top1"] > outcome.metrics["scratch"]["top1"]

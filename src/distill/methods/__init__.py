@@ -15,6 +15,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     irg,
     kd,
     kdsvd,
+    logits,
     lsr,
     nst,
     ofd,
@@ -40,6 +41,7 @@ from distill.methods.hkd import HKD
 from distill.methods.irg import IRG
 from distill.methods.kd import KD
 from distill.methods.kdsvd import KDSVD
+from distill.methods.logits import LogitMatching
 from distill.methods.lsr import LSR
 from distill.methods.nst import NST
 from distill.methods.ofd import OFD
@@ -51,8 +53,8 @@ from distill.methods.tfkd import TfKD
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
-           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "HKD", "IRG", "KD", "KDSVD", "LSR",
-           "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
+           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "HKD", "IRG", "KD", "KDSVD",
+           "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:

@@ -3,6 +3,9 @@ student for this one. Class distributions cannot be compared across class sets, 
 travels through its features and their relations (feature and relation methods: fitnet, at, rkd, pkt, sp, crd,
 irg, hkd, ...), and the student's own head learns this task's classes from its labels (``ce``).
 
+``finetune: true`` adds the transfer-learning baseline: the teacher's own network, its head replaced for this task,
+fine-tuned on the labels (row ``finetuned``).
+
 The teacher is evaluated on nothing here (its classes are not this task's): the report has no teacher row and no
 agreement column. Everything else is the offline strategy's (the teacher frozen and live, the scratch baseline,
 resume).
@@ -13,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from distill.errors import DistillError
-from distill.strategies.base import STRATEGIES
+from distill.strategies.base import STRATEGIES, Log
 from distill.strategies.offline import Offline
 from distill.types import Needs
 
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
     from distill.plan import Plan
     from distill.recipe import Recipe
+    from distill.run import Trained
 
 
 @STRATEGIES.register("cross_task")
@@ -30,8 +34,8 @@ class CrossTask(Offline):
 
     same_task = False
 
-    def __init__(self, unlabelled: bool = True) -> None:
-        self.unlabelled = unlabelled
+    def __init__(self, unlabelled: bool = True, finetune: bool = False) -> None:
+        self.unlabelled, self.finetune = unlabelled, finetune
 
     @property
     def labelled_only(self) -> bool:  # type: ignore[override]
@@ -57,6 +61,21 @@ class CrossTask(Offline):
                                    "methods (fitnet, at, rkd, pkt, sp, ...) plus ce")
         if not any(needs.teacher for _, needs, _ in methods):
             raise DistillError("strategy cross_task needs a method that reads the teacher's features (e.g. rkd)")
+
+    def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
+        """``finetune``: the teacher's network with a new head for this task, every weight fine-tuned with
+        cross-entropy on the labelled samples (the transfer-learning baseline), as many steps as the scratch
+        student."""
+        if not self.finetune or plan.teacher is None:
+            return {}
+        from distill.run import train_scratch
+        from distill.strategies.finetune import with_new_head
+
+        model = with_new_head(plan.teacher, plan.data, plan.seed)
+        notes.append("finetuned: the teacher's network with a new head for this task, every weight fine-tuned on "
+                     "the labelled samples (its size is the teacher's, not the student's)")
+        return {"finetuned": train_scratch(plan, model, role="finetuned", resume=resume, log=log,
+                                           inputs=plan.teacher.inputs)}
 
     def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
         """The student outputs this task's classes; the teacher only has to run on its inputs."""

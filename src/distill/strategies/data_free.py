@@ -49,6 +49,7 @@ class LossSpec(_Strict):
     entropy: float = Field(5.0, ge=0)
     bn: float = Field(0.0, ge=0)
     bn_first: float = Field(10.0, ge=0)
+    smoothness: float = Field(0.0, ge=0)
     adversarial: float = Field(0.0, ge=0)
 
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from distill.plan import Plan
-    from distill.run import Outcome
+    from distill.run import Outcome, Trained
 
 
 @STRATEGIES.register("offline")
@@ -23,7 +23,7 @@ class Offline(Strategy):
     labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
-        from distill.run import Trained, describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
+        from distill.run import describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
 
         data = plan.data
         log(describe_data(data))
@@ -39,9 +39,14 @@ class Offline(Strategy):
             scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
             trained["scratch"] = train_scratch(plan, scratch, resume=resume, log=log, inputs=plan.student_inputs,
                                                notes=notes)
+        trained.update(self.baselines(plan, resume=resume, log=log, notes=notes))
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
                                            labelled_only=self.labelled_only)
         return finish(plan, trained, frozen if self.same_task else None, notes, log)
+
+    def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
+        """Further baselines beside the scratch student, by role (none here)."""
+        return {}
 
     def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
         """Teacher and student output the dataset's classes (one line naming the mismatch if not)."""

@@ -9,7 +9,7 @@ Generator losses (each weighted by the recipe; a weight of 0 switches a term off
   a uniform class histogram; DAFL uses log10 and weights it 5 on MNIST).
 - DeepInversion (Yin et al. 2020): ``bn`` = sum over the teacher's BatchNorm layers of
   ||mu_batch - mu_running||_2 + ||var_batch - var_running||_2 of each layer's input, the first layer's term
-  times ``bn_first`` (10 in the reference code).
+  times ``bn_first`` (10 in the reference code); ``smoothness``: its total-variation prior on the batch.
 - DFAD / ZSKT (Fang et al. 2019, Micaelli & Storkey 2019): ``adversarial`` = the student's own distillation
   loss, maximised by the generator (disagreement between student and teacher) while the student minimises it.
   One backward pass serves both: the generated batch reaches the student, and the teacher logits reach the
@@ -56,6 +56,13 @@ def bn_matching(x: Tensor, running_mean: Tensor, running_var: Tensor) -> Tensor:
     its input ``x`` (B, C, ...), statistics per channel over every other dimension (biased variance)."""
     flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, B * ...)
     return torch.norm(flat.mean(dim=1) - running_mean, 2) + torch.norm(flat.var(dim=1, unbiased=False) - running_var, 2)
+
+
+def smoothness_loss(x: Tensor) -> Tensor:
+    """DeepInversion's total-variation prior on a generated batch (B, C, *spatial): the squared differences of
+    neighbouring values along each spatial axis, averaged per element (the reference sums norms over the batch,
+    which ties its weight to the batch size). Flat (B, L) inputs have no neighbours: 0."""
+    return sum((x.diff(dim=d) ** 2).mean() for d in range(2, x.ndim)) if x.ndim > 2 else x.new_zeros(())
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
@@ -110,6 +117,7 @@ class GeneratorLosses:
     entropy: float = 5.0
     bn: float = 0.0
     bn_first: float = 10.0
+    smoothness: float = 0.0
     adversarial: float = 0.0
 
 
@@ -164,6 +172,8 @@ class Synthesis(nn.Module):
             terms["generator.activation"] = w.activation * activation_loss(taps.feats[self.feature_path])
         if w.entropy:
             terms["generator.entropy"] = w.entropy * entropy_loss(t_logits)
+        if w.smoothness:
+            terms["generator.smoothness"] = w.smoothness * smoothness_loss(x)
         if w.bn:
             scale = torch.tensor([w.bn_first] + [1.0] * (len(bn.terms) - 1), device=t_logits.device)
             terms["generator.bn"] = w.bn * (torch.stack(bn.terms) * scale).sum()
