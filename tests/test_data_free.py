@@ -78,11 +78,17 @@ def test_generator_makes_batches_normalised_per_channel(shape: tuple[int, ...]) 
     assert torch.allclose(build_generator(shape, 8, 16, seed=0)(torch.ones(4, 8)), g(torch.ones(4, 8)))
 
 
-def test_latent_codes_replay_per_batch_and_hold_no_labels() -> None:
+def test_latent_codes_are_a_function_of_seed_epoch_and_row_and_hold_no_labels() -> None:
     codes = LatentCodes(100, latent=5, seed=3)
-    a, b = torch.tensor([4, 9, 1]), torch.tensor([4, 9, 2])
-    assert torch.equal(codes.take(a), codes.take(a)) and not torch.equal(codes.take(a), codes.take(b))
-    assert codes.take(a).shape == (3, 5) and bool((codes.y == -1).all()) and len(codes) == 100
+    a, b = codes.take(torch.tensor([4, 9, 1])), codes.take(torch.tensor([1, 4]))
+    assert torch.equal(a[[2, 0]], b)  # the same rows whichever batch (or rank) takes them
+    assert a.shape == (3, 5) and bool((codes.y == -1).all()) and len(codes) == 100
+    codes.set_epoch(1)
+    assert not torch.equal(codes.take(torch.tensor([4])), a[:1])  # fresh noise every epoch
+    assert not torch.equal(LatentCodes(100, 5, seed=4).take(torch.tensor([4])), a[:1])
+    many = LatentCodes(20000, 4, seed=0).take(torch.arange(20000))
+    assert abs(float(many.mean())) < 0.02 and abs(float(many.std()) - 1) < 0.02
+    assert abs(float(torch.corrcoef(many.T)[0, 1])) < 0.03
 
 
 # --- optimizers of several roles -------------------------------------------------------------------------------

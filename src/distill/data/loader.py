@@ -74,8 +74,10 @@ class BatchLoader:
         self._sampler: Any = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields."""
+        """Select the epoch whose order the next iteration yields (and tell a dataset that draws per epoch)."""
         self.epoch = epoch
+        if hasattr(self.ds, "set_epoch"):
+            self.ds.set_epoch(epoch)
 
     def view_of(self, epoch: int) -> int:
         """The augmentation view epoch ``epoch`` sees: ``epoch % views``, or ``epoch`` when ``views`` is unset."""

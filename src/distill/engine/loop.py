@@ -201,7 +201,8 @@ class _Step:
         # gradient (a pre-training stage, a paraphraser frozen for the main stage) need DDP's search for unused
         # ones. Buffers are not broadcast every step: CRD keeps its banks identical itself, and the student's
         # BatchNorm statistics are synced from rank 0 once per epoch (fit).
-        staged = any(hasattr(m, "pretrain_epochs") for m in job.methods.methods)
+        staged = any(hasattr(m, "pretrain_epochs") for m in job.methods.methods) or \
+            getattr(job.model, "leaves_parameters_unused", False)  # e.g. a generator idle on student-only steps
         self.trainable = dist.wrap(_Trainable(job.model, job.methods), find_unused=staged, broadcast_buffers=False)
 
     def loss(self, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,

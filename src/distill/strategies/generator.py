@@ -72,26 +72,48 @@ def build_generator(shape: tuple[int, ...], latent: int, width: int, seed: int) 
 
 
 class LatentCodes:
-    """The "training split" of a data-free run: ``n`` rows of latent codes, never a real input.
+    """The "training split" of a data-free run: ``n`` rows of latent codes per epoch, never a real input.
 
-    A batch's codes are a function of the seed and the exact rows it holds (the loader's order changes every
-    epoch): fresh noise at every step, as DAFL draws it, yet replayed exactly by a resumed run and different
-    on every rank. ``y`` is all ``UNLABELLED``: there are no labels either.
+    Row ``i`` of epoch ``e`` is a standard normal vector that is a function of ``(seed, e, i)`` alone (a counter-based
+    generator, ``normal_codes``): fresh noise every epoch, as DAFL draws it; replayed exactly by a resumed run; and
+    the same codes whether one process takes a batch or several ranks take its rows. ``y`` is all ``UNLABELLED``:
+    there are no labels either. The loader calls ``set_epoch`` before each epoch.
     """
 
     def __init__(self, n: int, latent: int, seed: int) -> None:
-        self.latent, self.seed = latent, seed
+        self.latent, self.seed, self.epoch = latent, seed, 0
         self.y = torch.full((n,), UNLABELLED, dtype=torch.long)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the codes of epoch ``epoch`` from now on."""
+        self.epoch = epoch
+
     def take(self, index: Tensor) -> Tensor:
-        """(K, latent) standard normal codes for rows ``index`` (K,)."""
-        words = np.random.SeedSequence([self.seed % 2**63, *index.tolist()]).generate_state(2)
-        gen = torch.Generator().manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
-        return torch.randn(len(index), self.latent, generator=gen)
+        """(K, latent) standard normal codes for rows ``index`` (K,) of the current epoch."""
+        key = int(_splitmix(np.array([self.seed % 2**63, self.epoch % 2**63], dtype=np.uint64)).sum(dtype=np.uint64))
+        return torch.from_numpy(normal_codes(key, index.numpy(), self.latent))
 
     def subset(self, index: Tensor) -> LatentCodes:
-        """Rows ``index`` (codes are drawn per batch, so only the row count matters)."""
+        """``len(index)`` rows (codes depend on the row number, so only the count matters)."""
         return LatentCodes(len(index), self.latent, self.seed)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 (Steele et al. 2014) on a uint64 array: a bijection whose outputs pass as independent."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def normal_codes(key: int, rows: np.ndarray, width: int) -> np.ndarray:
+    """(len(rows), width) float32 standard normals, each a function of (key, row, column) only: two hashed
+    uniforms per value through Box-Muller. No generator state, so any subset of rows comes out the same."""
+    counters = rows.astype(np.uint64)[:, None] * np.uint64(2 * width) + np.arange(2 * width, dtype=np.uint64)
+    bits = _splitmix(counters ^ np.uint64(key))  # (K, 2 * width)
+    u = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # uniform in (0, 1)
+    z = np.sqrt(-2.0 * np.log(u[:, :width])) * np.cos(2.0 * np.pi * u[:, width:])
+    return z.astype(np.float32)

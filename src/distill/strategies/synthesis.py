@@ -138,6 +138,11 @@ class Synthesis(nn.Module):
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
     @property
+    def leaves_parameters_unused(self) -> bool:
+        """True when some steps leave the generator without gradient (DDP must then look for unused ones)."""
+        return self.student_steps > 1
+
+    @property
     def teacher(self) -> FrozenTeacher:
         return self.frozen[0]
 
