@@ -23,6 +23,7 @@ from distill.errors import DistillError
 from distill.recipe import OptimSpec, ScheduleSpec, _Strict, validate_part
 from distill.strategies.base import STRATEGIES, Log, Strategy
 from distill.strategies.generator import LatentCodes, build_generator
+from distill.strategies.samples import save_parts, show_samples
 from distill.strategies.synthesis import DataFreeMethods, GeneratorLosses, Synthesis, bn_layers
 from distill.types import Needs
 
@@ -115,8 +116,6 @@ class DataFree(Strategy):
         done = train_role("data_free", plan, synth, DataFreeMethods(plan.methods, synth), plan.train, codes,
                           teacher=synth.teacher, resume=resume, log=log, evaluate=_student_eval(plan),
                           groups=groups)
-        from distill.strategies.samples import save_parts, show_samples
-
         paths = save_parts(plan, synth, gen.latent, gen.width)
         notes += show_samples(plan, synth, gen.latent)
         trained["student"] = Trained(plan.student, done.history, paths["student"], inputs=plan.student_inputs)
