@@ -25,7 +25,7 @@ from distill.data import ArrayDataset, BatchLoader
 from distill.engine import dist
 from distill.engine.meter import Meter
 from distill.errors import DistillError, NonFiniteLossError
-from distill.io import load_weights
+from distill.io import load_weights, save_weights
 from distill.methods.crd import CRD
 from distill.types import Batch, ModelOutput, SetupContext, StepContext
 from helpers import digits_recipe, write_recipe
@@ -292,3 +292,24 @@ def test_strategies_under_two_ranks_give_the_weights_of_one_process(tmp_path: Pa
         assert a.keys() == b.keys()
         diff = max(float((a[k] - b[k]).abs().max()) for k in a)
         assert diff < TOL, f"{role}: max abs weight difference {diff:.3g} >= {TOL}"
+
+
+def test_data_free_trains_generator_and_student_under_two_ranks(tmp_path: Path) -> None:
+    """Generator and student train data-parallel, including the student-only steps that leave the generator
+    without gradient (DDP must look for unused parameters); rank 0 alone writes. (Not compared with one process:
+    the generator's BatchNorm and DAFL's entropy term use per-rank batch statistics, as any BN model under DDP.)"""
+    from distill.models import build_model
+
+    teacher = build_model("mlp", num_classes=10, input_shape=(1, 8, 8), hidden=[32])
+    weights = tmp_path / "teacher.safetensors"
+    save_weights(weights, teacher.state_dict())
+    raw = digits_recipe(tmp_path, compare=False, data={"name": "digits", "batch_size": 64},
+                        teacher={"name": "mlp", "hidden": [32], "weights": str(weights)},
+                        strategy={"name": "data_free", "steps": 4, "student_steps": 2, "losses": {"adversarial": 1.0},
+                                  "generator": {"latent": 8, "width": 16}})
+    recipe = str(write_recipe(tmp_path, raw))
+    two = _torchrun("run", recipe, f"output_dir={tmp_path / 'two'}", DISTILL_TEST_AUDIT=str(tmp_path))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "AUDIT rank=1 writes=0" in two.stderr
+    for role in ("student", "generator"):
+        assert (tmp_path / "two" / role / "model.safetensors").is_file()
