@@ -24,7 +24,8 @@ from distill.cli import main
 
 ROOT = Path("runs/data-free")
 SETTINGS = {
-    "mnist": ("recipes/mnist-data-free.yaml", [], "MNIST, data-free (DAFL one-hot + entropy, smoothness prior, DFAD adversarial)"),
+    "mnist": ("recipes/mnist-data-free.yaml", [],
+              "MNIST, data-free (DAFL one-hot + entropy, smoothness prior, DFAD adversarial)"),
     "mnist1d-bn": ("recipes/mnist1d-data-free.yaml", [], "MNIST-1D, data-free with BN matching"),
     "mnist1d-nobn": ("recipes/mnist1d-data-free.yaml", ["strategy.losses.bn=0"],
                      "MNIST-1D, data-free without BN matching"),

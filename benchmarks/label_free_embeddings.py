@@ -1,7 +1,8 @@
 """Label-free embedding distillation on MNIST: k-NN and linear-probe top-1 of the teacher's, a random student's
 and the distilled student's embeddings, mean ± std over seeds, for each embedding method.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/label_free_embeddings.py --seeds 3 --methods rkd,pkt,fitnet
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/label_free_embeddings.py --seeds 3 \
+        --methods rkd,pkt,fitnet,fitnet-cosine
 
 Runs ``recipes/mnist-label-free-embedding.yaml`` (no training label) once per method and seed into
 ``runs/label-free-embeddings/<method>/seed<k>/`` and prints a Markdown table (for docs/BENCHMARKS.md).
@@ -22,8 +23,13 @@ ROOT = Path("runs/label-free-embeddings")
 
 def run(method: str, seed: int) -> dict:
     out = ROOT / method / f"seed{seed}"
-    entry = f'methods.0={{name: {method}, student_layers: ["fc:input"], teacher_layers: ["classifier.2:input"]}}'
-    extra = ["methods.0.pretrain_epochs=0"] if method == "fitnet" else []
+    name, extra = method, []
+    if method.startswith("fitnet"):
+        name, extra = "fitnet", ["methods.0.pretrain_epochs=0"]
+    if method == "fitnet-cosine":  # the cosine embedding loss: each sample's feature direction
+        extra.append("methods.0.distance=cosine")
+    entry = f'methods.0={{name: {name}, student_layers: ["fc:input"], teacher_layers: ["classifier.2:input"]}}'
+
     if not (out / "report.json").is_file():
         code = main(["run", RECIPE, entry, *extra, f"seed={seed}", f"output_dir={out}"])
         if code != 0:

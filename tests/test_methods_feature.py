@@ -35,6 +35,16 @@ def _np(x: torch.Tensor) -> np.ndarray:
 # --- pure losses against independent re-derivations ---
 
 
+def test_cosine_hint_loss_matches_only_the_direction_of_each_samples_features() -> None:
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    expected = ((1 - 1.0) + (1 - 2 / (2 * 2**0.5))) / 2
+    assert hint_loss(s, t, "cosine").item() == pytest.approx(expected, rel=1e-6)
+    assert hint_loss(5 * s, t, "cosine").item() == pytest.approx(expected, rel=1e-6)  # scale does not count
+    with pytest.raises(ValueError, match="distance must be"):
+        METHODS.get("fitnet")(distance="l1")
+
+
 def test_hint_loss_is_elementwise_mean_square() -> None:
     s, t = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
     assert hint_loss(s, t).item() == pytest.approx(float(((_np(s) - _np(t)) ** 2).mean()), rel=1e-6)

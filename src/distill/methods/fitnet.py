@@ -26,8 +26,13 @@ from distill.methods.base import METHODS, Method
 from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
 
 
-def hint_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """Mean squared error, in fp32: connected student (B, *F) and teacher (B, *F) features -> scalar."""
+def hint_loss(student: Tensor, teacher: Tensor, distance: str = "mse") -> Tensor:
+    """Connected student (B, *F) and teacher (B, *F) features -> scalar, in fp32: the mean squared error, or
+    (``distance="cosine"``) the mean over samples of 1 - cos(student_i, teacher_i), each sample's features
+    flattened: only their direction is matched (embedding distillation with a cosine loss)."""
+    if distance == "cosine":
+        cos = F.cosine_similarity(student.float().flatten(1), teacher.float().flatten(1), dim=1)  # (B,)
+        return (1 - cos).mean()
     return F.mse_loss(student.float(), teacher.float())
 
 
@@ -38,12 +43,16 @@ class FitNet(Method):
     ``student_layers`` / ``teacher_layers`` are paired by position; the default taps the penultimate
     embedding (``fc:input``), present in every zoo model. The paper hints a middle layer (e.g.
     ``layer2`` of a CIFAR ResNet). Connectors (1x1 conv + BN, or Linear) are built from probed shapes.
+    ``distance: cosine`` matches the direction of each sample's features instead of their values.
     """
 
     def __init__(self, student_layers: list[str] = ["fc:input"],  # noqa: B006  (never mutated; shown as default)
                  teacher_layers: list[str] = ["fc:input"],  # noqa: B006
-                 beta: float = 100.0, pretrain_epochs: int = 0) -> None:
+                 beta: float = 100.0, pretrain_epochs: int = 0, distance: str = "mse") -> None:
         super().__init__()
+        if distance not in ("mse", "cosine"):
+            raise ValueError(f"distance must be 'mse' (the paper's) or 'cosine', got {distance!r}")
+        self.distance = distance
         self.pairs = layer_pairs("fitnet", student_layers, teacher_layers)
         self.needs = feature_needs(self.pairs)
         self.beta = beta
@@ -57,7 +66,8 @@ class FitNet(Method):
     def _hint(self, s: ModelOutput, t: ModelOutput | None) -> Tensor:
         check_setup("fitnet", self.connectors, self.pairs)
         feats = paired_features("fitnet", s, t, self.pairs)
-        return torch.stack([hint_loss(conn(fs), ft) for conn, (fs, ft) in zip(self.connectors, feats)]).sum()
+        return torch.stack([hint_loss(conn(fs), ft, self.distance)
+                            for conn, (fs, ft) in zip(self.connectors, feats)]).sum()
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         loss = self.beta * self._hint(s, t)
