@@ -495,3 +495,17 @@ def test_cross_task_finetune_baseline_starts_from_the_teachers_weights_with_a_ne
     assert list(outcome.metrics) == ["scratch", "finetuned", "student"]
     assert outcome.metrics["finetuned"]["params"] == sum(p.numel() for p in tuned.parameters())
     assert outcome.metrics["finetuned"]["top1"] > outcome.metrics["scratch"]["top1"]
+
+
+def test_bench_of_cross_task_has_no_teacher_row_even_with_as_many_classes(tmp_path: Path, capsys) -> None:
+    data = {"name": "digits", "classes": [5, 6, 7, 8, 9], "labels_per_class": 5, "batch_size": 64}
+    teacher = {"name": "mlp", "hidden": [32], "classes": 5, "weights": _teacher_of_another_task(tmp_path)}
+    raw = _recipe(tmp_path, data=data, teacher=teacher, strategy="cross_task", method=None,
+                  methods=[{"name": "ce"}, {"name": "rkd", "student_layers": ["fc:input"],
+                                            "teacher_layers": ["fc:input"]}],
+                  train={"epochs": 1, "optimizer": {"name": "adam"}})
+    code, _, err = cli(capsys, "bench", str(write_recipe(tmp_path, raw)), "--strategies", "cross_task:finetune=true",
+                       "--seeds", "1")
+    assert code == 0, err
+    rows = {r["method"] for r in json.loads((tmp_path / "out" / "bench" / "bench.json").read_text())["rows"]}
+    assert rows == {"scratch", "cross_task:finetune=true", "cross_task:finetune=true:finetuned"}

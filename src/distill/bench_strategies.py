@@ -105,9 +105,10 @@ def bench_strategies(recipe: Recipe, *, strategies: str, seeds: int = 1, resume:
     data = load_data(recipe)
     recipe, teachers = with_trained_teachers(recipe, root, resume, log, data)
     rows: dict[str, Row] = {}
+    other_task = not getattr(STRATEGIES.get(recipe.strategy.name), "same_task", True)
     for role, t in teachers.items():
-        if output_classes(t.frozen, data, None, role) != data.num_classes:
-            continue  # a teacher of another task (cross_task): its classes are not this task's
+        if other_task or output_classes(t.frozen, data, None, role) != data.num_classes:
+            continue  # a teacher of another task (cross_task): its classes are not this task's, even as many
         rows[role] = Row(role)
         _record(rows[role], recipe.seed, Trained(t.frozen, t.history), data, None)
     rows["scratch"] = Row("scratch")
