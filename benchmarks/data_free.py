@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
 from distill.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from label_free_embeddings import pm  # noqa: E402
 
 ROOT = Path("runs/data-free")
 SETTINGS = {
@@ -47,12 +50,6 @@ def run(setting: str, seed: int) -> tuple[dict, float]:
         timing.write_text(json.dumps({"seconds": time.perf_counter() - start}))
     models = json.loads((out / "report.json").read_text())["models"]
     return models, json.loads(timing.read_text())["seconds"]
-
-
-def pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def main_() -> None:

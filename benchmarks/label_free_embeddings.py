@@ -37,10 +37,11 @@ def run(method: str, seed: int) -> dict:
     return json.loads((out / "report.json").read_text())["models"]
 
 
-def pm(values: list[float]) -> str:
+def pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std) of ``values`` times ``scale``."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def main_() -> None:
