@@ -126,22 +126,26 @@ class FrozenTeacher(nn.Module):
         """Map a student-normalised batch (B, C, ...) to the teacher's normalisation (same shape)."""
         if self.in_scale is None:
             return x
-        c = self.in_scale.numel()
-        if c > 1 and (x.ndim < 2 or x.shape[1] != c):
-            raise DistillError(
-                f"teacher re-normalisation has {c} channels but the batch has shape {tuple(x.shape)}"
-            )
-        shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)  # broadcast over dim 1 or everything
-        return x * self.in_scale.view(shape).to(x.dtype) + self.in_shift.view(shape).to(x.dtype)
+        scale, shift = self._affine(x)
+        return x * scale + shift
 
     def from_teacher(self, x: Tensor) -> Tensor:
         """The inverse of ``renormalise``: a batch (B, C, ...) normalised as the teacher expects, mapped to the
         student's normalisation (a data-free run generates in the teacher's space)."""
         if self.in_scale is None:
             return x
+        scale, shift = self._affine(x)
+        return (x - shift) / scale
+
+    def _affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift) shaped to broadcast over batch ``x``'s dim 1 (or everything), in its dtype."""
         c = self.in_scale.numel()
+        if c > 1 and (x.ndim < 2 or x.shape[1] != c):
+            raise DistillError(
+                f"teacher re-normalisation has {c} channels but the batch has shape {tuple(x.shape)}"
+            )
         shape = (1, c, *([1] * (x.ndim - 2))) if c > 1 else (1,)
-        return (x - self.in_shift.view(shape).to(x.dtype)) / self.in_scale.view(shape).to(x.dtype)
+        return self.in_scale.view(shape).to(x.dtype), self.in_shift.view(shape).to(x.dtype)
 
     def forward(self, x: Any) -> Tensor:
         """Student-normalised batch (B, ...) -> teacher logits (B, C), without autograd history.
