@@ -206,9 +206,10 @@ def write_deployment(out_dir: str | Path, deployment: dict) -> Path:
     return md
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib Figure to ``path`` as PNG, atomically, and free it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)  # explicit format: the temp name ends in .tmp
+        fig.savefig(tmp, format="png", dpi=dpi)  # explicit format: the temp name ends in .tmp
     fig.clear()
 
 
@@ -234,7 +235,7 @@ def _plot_curves(path: Path, roles: list[str], histories: dict[str, list[dict]])
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
@@ -257,7 +258,7 @@ def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="parameters (log scale)", ylabel="test top-1, last epoch (%)", title="Accuracy vs size")
     ax.grid(alpha=0.3, which="both")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(out_dir: str | Path, *, models: dict[str, dict], histories: dict[str, list[dict]],

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from distill.engine.dist import on_main
-from distill.io import atomic_path, save_weights, write_json
+from distill.io import save_weights, write_json
+from distill.report import save_figure
 
 if TYPE_CHECKING:
     from distill.plan import Plan
@@ -87,7 +88,7 @@ def _grid(path: Path, x: Tensor, pred: Tensor, names: list[str]) -> None:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center")
             if j < len(picked):
                 _draw(ax, picked[j])
-    _save(fig, path)
+    save_figure(fig, path, dpi=80)
 
 
 def _draw(ax: object, sample: Tensor) -> None:
@@ -109,9 +110,4 @@ def _histogram(path: Path, counts: list[int], names: list[str]) -> None:
     ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 20 else 0)
     ax.set(xlabel="teacher's class", ylabel=f"of {sum(counts)} generated samples",
            title="Teacher's predictions on generated samples")
-    _save(fig, path)
-
-
-def _save(fig: object, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)  # type: ignore[attr-defined]
+    save_figure(fig, path, dpi=80)
