@@ -73,12 +73,8 @@ class DataFree(Strategy):
 
     def check(self, recipe: Recipe) -> None:
         super().check(recipe)
-        if recipe.teacher is not None and recipe.teacher.weights is None:
-            raise DistillError("strategy data_free distils from a pretrained teacher: give teacher.weights "
-                               "(a teacher trained here would need the training data)")
-        if recipe.data.augment is not None:
-            raise DistillError("data.augment transforms real training inputs; strategy data_free has none: "
-                               "remove data.augment")
+        _refuse(untrained=recipe.teacher is not None and recipe.teacher.weights is None,
+                augmented=recipe.data.augment is not None)
 
     def check_parts(self, *, teacher: bool, teachers: list[str], peers: list[str],
                     methods: list[tuple[str, Needs, str | None]]) -> None:
@@ -126,12 +122,7 @@ class DataFree(Strategy):
         part = plan.teacher
         if part is None:
             raise DistillError("strategy data_free distils from a pretrained teacher: give a teacher")
-        if part.train is not None:
-            raise DistillError("strategy data_free distils from a pretrained teacher: give its weights "
-                               "(a teacher trained here would need the training data)")
-        if plan.augment is not None and not plan.augment.identity:
-            raise DistillError("data.augment transforms real training inputs; strategy data_free has none: "
-                               "remove data.augment")
+        _refuse(untrained=part.train is not None, augmented=plan.augment is not None and not plan.augment.identity)
         shape = plan.data.shape_for(plan.student_inputs)
         if shape is None or isinstance(plan.data.input_shape, dict) or part.inputs is not None:
             raise DistillError("strategy data_free generates one input tensor; this data has dict inputs")
@@ -148,6 +139,16 @@ class DataFree(Strategy):
                                "losses.activation: 0")
         generator = build_generator(tuple(shape), self._gen.latent, self._gen.width, plan.seed)
         return Synthesis(generator, plan.student, frozen, w, feature, self.student_steps)
+
+
+def _refuse(*, untrained: bool, augmented: bool) -> None:
+    """What neither door (recipe or Python) can run: a teacher without weights, augmentation of real inputs."""
+    if untrained:
+        raise DistillError("strategy data_free distils from a pretrained teacher: give teacher.weights "
+                           "(a teacher trained here would need the training data)")
+    if augmented:
+        raise DistillError("data.augment transforms real training inputs; strategy data_free has none: "
+                           "remove data.augment")
 
 
 def last_linear_input(model: nn.Module) -> str | None:
