@@ -28,6 +28,7 @@ from distill.engine.dist import (
     sum_across_ranks,
     world_size,
 )
+from distill.engine.optim import Group
 from distill.evaluate import model_metrics, predict, topk_accuracy
 from distill.io import load_into, load_weights, save_weights, write_json
 from distill.methods import MethodSet
@@ -157,7 +158,7 @@ def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False
 def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, train: TrainSpec, ds: Any, *,
                teacher: nn.Module | None = None, cache: Any = None, resume: bool = False, log: Log = print,
                epoch_size: int | None = None, views: int | None = None, inputs: Keys = None,
-               targets: Any = None, evaluate: Any = None, groups: list[Any] | None = None) -> Trained:
+               targets: Any = None, evaluate: Any = None, groups: list[Group] | None = None) -> Trained:
     """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
 
     Training batches carry the plan's augmentation (``views``: cycle through that many augmented views
@@ -181,7 +182,7 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
                          pin_memory=device.startswith("cuda"))
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
-                 evaluate=evaluate or _epoch_eval(plan.data, plan.eval_batch_size, inputs),
+                 evaluate=evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs),
                  num_classes=plan.data.num_classes, inputs=inputs, targets=targets, groups=groups)
     history = fit(job)
     on_main(partial(_save_role, out, role, fp, model, history))
@@ -205,7 +206,8 @@ def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trai
     return Trained(model, list(meta["history"]), weights, inputs=inputs)
 
 
-def _epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
+def epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
+    """The default per-epoch evaluation of a role: top-1 on the validation and test splits."""
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"val_top1": epoch_top1(model, data.val, batch_size, inputs),
                 "test_top1": epoch_top1(model, data.test, batch_size, inputs)}

@@ -44,6 +44,13 @@ def resolve_path(model: nn.Module, path: str) -> tuple[nn.Module, bool]:
     return modules[name], wants_input
 
 
+def last_linear(model: nn.Module) -> str | None:
+    """The module path of ``model``'s last Linear layer (its head; its input is the penultimate features), or
+    None when it has none."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
 class FeatureTaps:
     """Forward hooks by module path on an unmodified model, as a context manager that always removes its
     hooks. A path captures the module's output; ``'path:input'`` captures its first positional input.

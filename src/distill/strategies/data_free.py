@@ -17,7 +17,6 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from torch import nn
 
 from distill.errors import DistillError
 from distill.recipe import OptimSpec, ScheduleSpec, _Strict, validate_part
@@ -25,6 +24,7 @@ from distill.strategies.base import STRATEGIES, Log, Strategy
 from distill.strategies.generator import LatentCodes, build_generator
 from distill.strategies.samples import save_parts, show_samples
 from distill.strategies.synthesis import DataFreeMethods, GeneratorLosses, Synthesis, bn_layers
+from distill.taps import last_linear
 from distill.types import Needs
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class DataFree(Strategy):
         codes = LatentCodes(self.steps * plan.batch_size, gen.latent, plan.seed)
         groups = [(list(synth.generator.parameters()), gen.optimizer, gen.schedule)]
         done = train_role("data_free", plan, synth, DataFreeMethods(plan.methods, synth), plan.train, codes,
-                          teacher=synth.teacher, resume=resume, log=log, evaluate=_student_eval(plan),
+                          teacher=synth.teacher, resume=resume, log=log, evaluate=_of_student(plan),
                           groups=groups)
         paths = save_parts(plan, synth, gen.latent, gen.width)
         notes += show_samples(plan, synth, gen.latent)
@@ -132,7 +132,8 @@ class DataFree(Strategy):
             raise DistillError(f"strategy data_free: losses.bn matches the teacher's BatchNorm statistics "
                                f"(DeepInversion), but the teacher ({type(frozen.model).__name__}) has no "
                                "BatchNorm layer: set losses.bn: 0")
-        feature = self.feature or (last_linear_input(frozen.model) if w.activation else None)
+        head = last_linear(frozen.model)
+        feature = self.feature or (f"{head}:input" if w.activation and head else None)
         if w.activation and feature is None:
             raise DistillError("strategy data_free: losses.activation rewards the teacher's penultimate features, "
                                "but the teacher has no Linear layer: name a tap with strategy.feature, or set "
@@ -151,17 +152,9 @@ def _refuse(*, untrained: bool, augmented: bool) -> None:
                            "remove data.augment")
 
 
-def last_linear_input(model: nn.Module) -> str | None:
-    """The tap of the input of ``model``'s last Linear layer (its penultimate features), or None."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return f"{names[-1]}:input" if names else None
+def _of_student(plan: Plan) -> Any:
+    """The default per-epoch evaluation, of the student inside the generator-and-student module."""
+    from distill.run import epoch_eval
 
-
-def _student_eval(plan: Plan) -> Any:
-    from distill.run import epoch_top1
-
-    def evaluate(synth: nn.Module) -> dict[str, float]:
-        student = synth.student
-        return {f"{split}_top1": epoch_top1(student, getattr(plan.data, split), plan.eval_batch_size,
-                                            plan.student_inputs) for split in ("val", "test")}
-    return evaluate
+    evaluate = epoch_eval(plan.data, plan.eval_batch_size, plan.student_inputs)
+    return lambda synth: evaluate(synth.student)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.models import FrozenTeacher
+from distill.taps import last_linear
 
 if TYPE_CHECKING:
     from distill.data import DataSplits
@@ -33,11 +34,11 @@ def with_new_head(part: TeacherPart, data: DataSplits, seed: int) -> nn.Module:
     """A copy of the teacher, every weight trainable, its last Linear layer replaced by a freshly initialised one
     (from ``seed``) with ``data.num_classes`` outputs."""
     model = copy.deepcopy(part.model)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
+    head = last_linear(model)
+    if head is None:
         raise DistillError(f"cross_task finetune: the teacher ({type(model).__name__}) has no Linear layer to "
                            "replace with a head for this task")
-    parent_name, _, attr = names[-1].rpartition(".")
+    parent_name, _, attr = head.rpartition(".")
     parent = model.get_submodule(parent_name)
     old = getattr(parent, attr)
     with torch.random.fork_rng():
