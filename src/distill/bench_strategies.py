@@ -141,7 +141,7 @@ def _bench_seed(recipe: Recipe, seed: int, entries: list[tuple[str, str, dict[st
             log(f"warning: {label} failed (seed {seed}): {e}")
             continue
         for role, t in outcome.trained.items():
-            if role.startswith("teacher"):
-                continue
+            if role.startswith("teacher") and getattr(STRATEGIES.get(name), "same_task", True):
+                continue  # shared teachers have their rows; a teacher adapted per run (cross_task) has one per entry
             key = label if role == "student" else f"{label}:{role}"
             _record(rows.setdefault(key, Row(key)), seed, t, data, t.inputs)

@@ -39,11 +39,13 @@ class TeacherPart:
     weights: Path | None = None  # the file its weights came from (size on disk in the report)
     train: TrainSpec | None = None  # set: train it here first (it has no weights)
     resize: tuple[int, ...] | None = None  # its input size, when it differs from the data's (another domain)
+    margin: int = 0  # a black border around the resized content
 
     def frozen(self, data: DataSplits) -> FrozenTeacher:
         """Eval mode, no gradients, its own normalisation, input keys and input size, enforced in one place."""
         return FrozenTeacher(self.model, student_norm=(tuple(data.mean), tuple(data.std)),
-                             teacher_norm=self.normalize, inputs=self.inputs, resize=self.resize)
+                             teacher_norm=self.normalize, inputs=self.inputs, resize=self.resize,
+                             margin=self.margin)
 
 
 @dataclass
@@ -117,10 +119,10 @@ def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
     weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
     # keys added later are left out while unset, so existing caches keep their fingerprints
     identity = spec.model_dump(mode="json", exclude={"train", "weights"}
-                               | {k for k in ("classes", "resize") if getattr(spec, k) is None})
+                               | {k for k in ("classes", "resize", "resize_margin") if getattr(spec, k) is None})
     return TeacherPart(model, identity, normalize=spec.normalize.pair() if spec.normalize else normalize,
                        inputs=spec.inputs, weights=weights, train=None if weights else spec.train or train,
-                       resize=tuple(spec.resize) if spec.resize else None)
+                       resize=tuple(spec.resize) if spec.resize else None, margin=spec.resize_margin or 0)
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
     for part, key in (("data", "augment"), ("data", "workers"), ("data", "classes"), ("teacher", "inputs"),
                       ("student", "inputs"), ("teacher", "classes"), ("student", "classes"), ("teacher", "resize"),
-                      ("student", "resize")):
+                      ("student", "resize"), ("teacher", "resize_margin"), ("student", "resize_margin")):
         if isinstance(body.get(part), dict) and body[part].get(key) is None:
             body[part].pop(key, None)
     for key in ("teachers", "peers"):

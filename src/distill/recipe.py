@@ -105,6 +105,7 @@ class ModelSpec(_Open):
     weights: str | None = None
     classes: int | None = Field(None, ge=1)  # outputs; default the dataset's (a teacher of another task: its own)
     resize: list[int] | None = None  # a teacher fed inputs resized to (H, W) (a teacher of another domain)
+    resize_margin: int | None = Field(None, ge=1)  # ...content resized to (H, W) - 2 margin, in a black border
     normalize: NormSpec | None = None
     train: TrainSpec | None = None
     inputs: str | list[str] | None = None  # dict inputs: the key(s) this model reads (default: the whole input)
@@ -327,5 +328,10 @@ def _check_components(recipe: Recipe, singular: bool) -> None:
         if spec and spec.weights is None and spec.resize is not None:
             raise DistillError("teacher.resize applies to a pretrained teacher (teacher.weights); "
                                "a teacher trained here sees the data at its own size")
-    if recipe.student.resize is not None:
-        raise DistillError("student.resize: only a teacher is fed resized inputs (the student reads the data as is)")
+        if spec and spec.resize_margin is not None and (spec.resize is None or
+                                                        2 * spec.resize_margin >= min(spec.resize)):
+            raise DistillError(f"teacher.resize_margin {spec.resize_margin}: needs teacher.resize, more than twice "
+                               "the margin in every dimension")
+    if recipe.student.resize is not None or recipe.student.resize_margin is not None:
+        raise DistillError("student.resize / resize_margin: only a teacher is fed resized inputs (the student reads "
+                           "the data as is)")

@@ -100,17 +100,21 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, *, student_norm: Norm | None = None,
                  teacher_norm: Norm | None = None, inputs: Keys = None,
-                 resize: tuple[int, ...] | None = None) -> None:
+                 resize: tuple[int, ...] | None = None, margin: int = 0) -> None:
         super().__init__()
         self.wrapped = model
         self.inputs = inputs
         self.resize = tuple(resize) if resize else None  # (H, W) or (L,): a teacher trained at another size
+        self.margin = margin  # a black border of this width around the resized content (MNIST's framing)
         for p in model.parameters():
             p.requires_grad_(False)
         affine = renorm_affine(student_norm, teacher_norm)
         # Non-persistent buffers: they follow .to(device) but stay out of state dicts.
         self.register_buffer("in_scale", None if affine is None else affine[0], persistent=False)
         self.register_buffer("in_shift", None if affine is None else affine[1], persistent=False)
+        norm = teacher_norm or student_norm  # the teacher sees its own normalisation, else the student's
+        black = torch.tensor([-m / s for m, s in zip(*norm, strict=True)]) if norm else torch.zeros(1)
+        self.register_buffer("black", black, persistent=False)  # a raw 0 pixel, as the teacher sees it
         self.train(False)
 
     @property
@@ -166,10 +170,18 @@ class FrozenTeacher(nn.Module):
         return as_logits(self.wrapped(self.resized(self.renormalise(part))))
 
     def resized(self, x: Tensor) -> Tensor:
-        """A batch (B, C, *size) resized to the teacher's input size (bilinear, or linear for 1-D signals)."""
-        if self.resize is None or tuple(x.shape[2:]) == self.resize:
+        """A batch (B, C, *size) resized to the teacher's input size (bilinear, or linear for 1-D signals); with
+        a ``margin`` the content is resized to ``resize - 2 * margin`` and framed by a black border of that width
+        (a raw 0 pixel in the teacher's normalisation), as MNIST frames a 20x20 digit in 28x28."""
+        if self.resize is None or (tuple(x.shape[2:]) == self.resize and not self.margin):
             return x
         if x.ndim - 2 != len(self.resize):
             raise DistillError(f"teacher.resize {list(self.resize)} does not fit inputs of shape {tuple(x.shape)}")
         mode = "bilinear" if len(self.resize) == 2 else "linear"
-        return nn.functional.interpolate(x, size=self.resize, mode=mode, align_corners=False)
+        inner = tuple(n - 2 * self.margin for n in self.resize)
+        x = nn.functional.interpolate(x, size=inner, mode=mode, align_corners=False)
+        if not self.margin:
+            return x
+        c = self.black.numel()
+        black = self.black.view(1, c, *([1] * (x.ndim - 2))).to(x.dtype)  # (1, C or 1, 1, ...)
+        return nn.functional.pad(x - black, (self.margin,) * (2 * len(inner))) + black

@@ -1,19 +1,26 @@
-"""``strategy: cross_task``: a teacher trained for another task (other classes: ``teacher.classes``) teaches a
-student for this one. Class distributions cannot be compared across class sets, so the teacher's knowledge
-travels through its features and their relations (feature and relation methods: fitnet, at, rkd, pkt, sp, crd,
-irg, hkd, ...), and the student's own head learns this task's classes from its labels (``ce``).
+"""``strategy: cross_task``: a teacher trained for another task (other classes: ``teacher.classes``, or another
+domain: ``teacher.resize``) teaches a student for this one.
 
-``finetune: true`` adds the transfer-learning baseline: the teacher's own network, its head replaced for this task,
-fine-tuned on the labels (row ``finetuned``).
+As given, the teacher's class distributions cannot be compared with this task's, so its knowledge travels through
+its features and their relations (feature and relation methods: fitnet, at, rkd, pkt, sp, crd, irg, hkd, ...),
+and the student's own head learns this task's classes from its labels (``ce``). The report has no teacher row.
 
-The teacher is evaluated on nothing here (its classes are not this task's): the report has no teacher row and no
-agreement column. Everything else is the offline strategy's (the teacher frozen and live, the scratch baseline,
-resume).
+``adapt: finetune`` first adapts the teacher, as task-specific distillation does (DistilBERT, TinyBERT): its
+network gets a new head for this task and every weight is fine-tuned on the labelled samples (role ``teacher``,
+as many steps as the scratch student); the students then learn from the adapted teacher, through every method,
+logit methods (kd, ...) included, on the whole training split (the unlabelled samples are the transfer set).
+The adapted teacher predicts this task's classes: it has a report row and an agreement column.
+
+Baselines beside the scratch student: ``finetune: true``, the teacher's network fine-tuned (row ``finetuned``,
+what ``adapt: finetune`` reports as its teacher); ``student_source: PATH``, the student's architecture trained on
+the source task (its weights at PATH), its head replaced and every weight fine-tuned on the labelled samples
+(row ``student_finetuned``: plain transfer learning at the student's size).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 from distill.errors import DistillError
 from distill.strategies.base import STRATEGIES, Log
@@ -27,15 +34,28 @@ if TYPE_CHECKING:
     from distill.recipe import Recipe
     from distill.run import Trained
 
+_ADAPT = ("none", "finetune")
+
 
 @STRATEGIES.register("cross_task")
 class CrossTask(Offline):
-    """A teacher of another task (its own ``classes``) teaches through feature and relation methods."""
+    """A teacher of another task (its own ``classes``) teaches through feature and relation methods, or, adapted
+    by fine-tuning (``adapt: finetune``), through any method."""
 
     same_task = False
 
-    def __init__(self, unlabelled: bool = True, finetune: bool = False) -> None:
-        self.unlabelled, self.finetune = unlabelled, finetune
+    def __init__(self, unlabelled: bool = True, finetune: bool = False, adapt: Literal["none", "finetune"] = "none",
+                 student_source: str | None = None, student_init: Literal["fresh", "source"] = "fresh") -> None:
+        if adapt not in _ADAPT:
+            raise DistillError(f"strategy cross_task: adapt must be one of {', '.join(_ADAPT)}, got {adapt!r}")
+        if adapt == "finetune" and finetune:
+            raise DistillError("strategy cross_task: adapt: finetune reports the fine-tuned teacher as its teacher "
+                               "row; finetune: true would train the same model again (drop it)")
+        if student_init == "source" and not student_source:
+            raise DistillError("strategy cross_task: student_init: source needs student_source (the student's "
+                               "weights from the source task)")
+        self.unlabelled, self.finetune, self.adapt, self.student_source = unlabelled, finetune, adapt, student_source
+        self.student_init = student_init
 
     @property
     def labelled_only(self) -> bool:  # type: ignore[override]
@@ -43,11 +63,19 @@ class CrossTask(Offline):
         student's, the teacher's relations acting on them (else the whole split: the transfer set too)."""
         return not self.unlabelled
 
+    @property
+    def teacher_row(self) -> bool:
+        """Only the adapted teacher predicts this task's classes."""
+        return self.adapt == "finetune"
+
     def check(self, recipe: Recipe) -> None:
         super().check(recipe)
         if recipe.teacher is not None and recipe.teacher.weights is None:
             raise DistillError("strategy cross_task: the teacher must come trained for its own task (teacher.weights;"
                                " train it with `distill teacher` on a recipe for that task)")
+        if recipe.data.labels_per_class == 0 and (self.adapt == "finetune" or self.finetune or self.student_source):
+            raise DistillError("strategy cross_task: adapt: finetune, finetune and student_source fine-tune on this "
+                               "task's labels, and data.labels_per_class is 0")
 
     def check_parts(self, *, teacher: bool, teachers: list[str], peers: list[str],
                     methods: list[tuple[str, Needs, str | None]]) -> None:
@@ -55,32 +83,77 @@ class CrossTask(Offline):
         if not teacher:
             raise DistillError("strategy cross_task needs a 'teacher' (trained for another task)")
         for i, (name, needs, _) in enumerate(methods):
-            if needs.teacher and not needs.teacher_taps:
+            if needs.teacher and not needs.teacher_taps and self.adapt == "none":
                 raise DistillError(f"methods.{i} ({name}) compares the teacher's class outputs with the student's, "
                                    "which differ across tasks; strategy cross_task takes feature and relation "
-                                   "methods (fitnet, at, rkd, pkt, sp, ...) plus ce")
+                                   "methods (fitnet, at, rkd, pkt, sp, ...) plus ce, or any method with "
+                                   "adapt: finetune (the teacher fine-tuned on this task first)")
         if not any(needs.teacher for _, needs, _ in methods):
-            raise DistillError("strategy cross_task needs a method that reads the teacher's features (e.g. rkd)")
+            raise DistillError("strategy cross_task needs a method that reads the teacher (e.g. rkd)")
 
-    def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
-        """``finetune``: the teacher's network with a new head for this task, every weight fine-tuned with
-        cross-entropy on the labelled samples (the transfer-learning baseline), as many steps as the scratch
-        student."""
-        if not self.finetune or plan.teacher is None:
-            return {}
+    def adapt_teacher(self, plan: Plan, teacher: Trained, *, resume: bool, log: Log) -> tuple[Plan, Trained]:
+        """``adapt: finetune``: the teacher's network with a new head, fine-tuned on the labelled samples, becomes
+        the teacher (frozen, its preprocessing kept); its new weights change the cache fingerprint."""
+        if self.adapt == "none" or plan.teacher is None:
+            return plan, teacher
         from distill.run import train_scratch
         from distill.strategies.finetune import with_new_head
 
+        _need_labels(plan)
         model = with_new_head(plan.teacher, plan.data, plan.seed)
-        notes.append("finetuned: the teacher's network with a new head for this task, every weight fine-tuned on "
-                     "the labelled samples (its size is the teacher's, not the student's)")
-        return {"finetuned": train_scratch(plan, model, role="finetuned", resume=resume, log=log,
-                                           inputs=plan.teacher.inputs)}
+        log("teacher: adapting to this task (new head, every weight fine-tuned on the labelled samples)")
+        adapted = train_scratch(plan, model, role="teacher", resume=resume, log=log, inputs=plan.teacher.inputs)
+        spec = {**plan.teacher.spec, "adapted": {"finetune": "labelled samples", "seed": plan.seed}}
+        part = replace(plan.teacher, model=model.model, spec=spec, weights=adapted.weights, train=None)
+        return replace(plan, teacher=part), replace(adapted, model=model.model)
+
+    def initial_student(self, plan: Plan, notes: list[str]) -> nn.Module | None:
+        """``student_init: source``: the distilled student starts where ``student_finetuned`` starts (its
+        source-task weights, a new head), so the teacher's contribution is what it adds to plain fine-tuning."""
+        if self.student_init != "source" or not self.student_source:
+            return None
+        from distill.build import resolve_path
+        from distill.strategies.finetune import from_source
+
+        notes.append(f"student: starts from its source-task weights ({self.student_source}) with a new head")
+        return from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes, plan.seed)
+
+    def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
+        """``finetune``: the teacher's network with a new head for this task, every weight fine-tuned with
+        cross-entropy on the labelled samples; ``student_source``: the student's architecture from its
+        source-task weights, likewise. Both as many steps as the scratch student."""
+        from distill.build import resolve_path
+        from distill.run import train_scratch
+        from distill.strategies.finetune import from_source, with_new_head
+
+        out: dict[str, Trained] = {}
+        if self.finetune and plan.teacher is not None:
+            _need_labels(plan)
+            notes.append("finetuned: the teacher's network with a new head for this task, every weight fine-tuned "
+                         "on the labelled samples (its size is the teacher's, not the student's)")
+            out["finetuned"] = train_scratch(plan, with_new_head(plan.teacher, plan.data, plan.seed),
+                                             role="finetuned", resume=resume, log=log, inputs=plan.teacher.inputs)
+        if self.student_source:
+            _need_labels(plan)
+            model = from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes,
+                                plan.seed)
+            notes.append(f"student_finetuned: the student's architecture trained on the source task "
+                         f"({self.student_source}), a new head, every weight fine-tuned on the labelled samples")
+            out["student_finetuned"] = train_scratch(plan, model, role="student_finetuned", resume=resume, log=log,
+                                                     inputs=plan.student_inputs)
+        return out
 
     def check_models(self, plan: Plan, frozen: nn.Module | None) -> None:
-        """The student outputs this task's classes; the teacher only has to run on its inputs."""
+        """The student (and an adapted teacher) output this task's classes; the teacher only has to run."""
         from distill.build import check_classes, output_classes
 
+        if self.teacher_row:
+            return super().check_models(plan, frozen)
         check_classes(plan.data, {"student": plan.student_inputs}, student=plan.student)
         if frozen is not None:
             output_classes(frozen, plan.data, None, "teacher")
+
+
+def _need_labels(plan: Plan) -> None:
+    if len(plan.data.labelled_train()) == 0:
+        raise DistillError("strategy cross_task: fine-tuning needs labels of this task (labels_per_class is 0)")

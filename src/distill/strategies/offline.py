@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class Offline(Strategy):
     """Teacher (loaded, or trained with cross-entropy), scratch student, distilled student, report."""
 
-    same_task = True  # the teacher predicts the student's classes: it has a report row and an agreement column
+    same_task = True  # the teacher as given predicts the student's classes (its report row, agreement column)
     labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
@@ -28,11 +28,12 @@ class Offline(Strategy):
         data = plan.data
         log(describe_data(data))
         teacher = obtain_teacher(plan, resume=resume, log=log)
+        plan, teacher = self.adapt_teacher(plan, teacher, resume=resume, log=log)
         frozen = plan.teacher.frozen(data) if plan.teacher else None
         self.check_models(plan, frozen)
-        notes = diagnose(plan.methods, frozen, data, log) if self.same_task else []
+        notes = diagnose(plan.methods, frozen, data, log) if self.teacher_row else []
         trained: dict[str, Trained] = {}
-        if frozen is not None and self.same_task:
+        if frozen is not None and self.teacher_row:
             teacher.frozen = frozen
             trained["teacher"] = teacher
         if plan.compare:
@@ -41,8 +42,21 @@ class Offline(Strategy):
                                                notes=notes)
         trained.update(self.baselines(plan, resume=resume, log=log, notes=notes))
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
-                                           labelled_only=self.labelled_only)
-        return finish(plan, trained, frozen if self.same_task else None, notes, log)
+                                           labelled_only=self.labelled_only, model=self.initial_student(plan, notes))
+        return finish(plan, trained, frozen if self.teacher_row else None, notes, log)
+
+    @property
+    def teacher_row(self) -> bool:
+        """The teacher the students learn from predicts their classes: report row, agreement, diagnosis."""
+        return self.same_task
+
+    def adapt_teacher(self, plan: Plan, teacher: Trained, *, resume: bool, log: Log) -> tuple[Plan, Trained]:
+        """The plan and teacher the students learn from, given the teacher obtained (unchanged here)."""
+        return plan, teacher
+
+    def initial_student(self, plan: Plan, notes: list[str]) -> nn.Module | None:
+        """The distilled student's initial weights; None: the plan's student (as built from the recipe)."""
+        return None
 
     def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
         """Further baselines beside the scratch student, by role (none here)."""
