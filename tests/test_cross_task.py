@@ -91,6 +91,7 @@ def test_student_source_of_another_architecture_is_one_line(tmp_path: Path, sour
     ({"adapt": "finetune", "finetune": True}, {}, "would train the same model again"),
     ({"adapt": "distil"}, {}, "strategy.adapt: input should be 'none' or 'finetune'"),
     ({"adapt": "finetune"}, {"data": {**TARGET, "labels_per_class": 0}}, "labels_per_class is 0"),
+    ({"adapt": "finetune", "student_source": "no/such.safetensors"}, {}, "student_source: weights file not found"),
     ({}, {}, r"methods.0 \(kd\) compares the teacher's class outputs.*adapt: finetune"),
 ])
 def test_bad_cross_task_settings_are_one_line_before_anything_is_written(

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError
 from distill.registry import closest
-from distill.spec_check import check_kwargs
 
 
 class _Loader(yaml.SafeLoader):
@@ -255,7 +254,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise DistillError(f"{source}: {_explain(e)}") from None
-    _check_components(recipe, singular)
+    from distill.recipe_checks import check_components
+
+    check_components(recipe, singular)
     return recipe
 
 
@@ -295,43 +296,3 @@ def validate_part(cls: type[BaseModel], raw: Any, key: str) -> Any:
         return cls.model_validate(raw)
     except ValidationError as e:
         raise DistillError(_explain(e, cls, key)) from None
-
-
-def _check_components(recipe: Recipe, singular: bool) -> None:
-    from distill.data import DATASETS
-    from distill.methods import METHODS
-    from distill.models import MODELS
-
-    d = recipe.data
-    check_kwargs(DATASETS.get(d.name), d.kwargs, "data", f"dataset '{d.name}'", skip=("seed",))
-    for role in ("teacher", "student"):
-        spec = getattr(recipe, role)
-        if spec is not None:
-            check_kwargs(MODELS.get(spec.name), spec.kwargs, role, f"model '{spec.name}'",
-                         skip=("num_classes", "input_shape"))
-    from distill.strategies import STRATEGIES
-
-    for group in ("teachers", "peers"):
-        for key, spec in (getattr(recipe, group) or {}).items():
-            check_kwargs(MODELS.get(spec.name), spec.kwargs, f"{group}.{key}", f"model '{spec.name}'",
-                         skip=("num_classes", "input_shape"))
-    for i, m in enumerate(recipe.methods):
-        cls = METHODS.get(m.name)
-        check_kwargs(cls, m.kwargs, "method" if singular else f"methods.{i}", f"method '{m.name}'")
-    strategy = STRATEGIES.get(recipe.strategy.name)
-    check_kwargs(strategy, recipe.strategy.kwargs, "strategy", f"strategy '{recipe.strategy.name}'")
-    strategy(**recipe.strategy.kwargs).check(recipe)
-    for spec in (recipe.teacher, *(recipe.teachers or {}).values()):
-        if spec and spec.weights is None and spec.normalize is not None:
-            raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
-                               "a teacher trained here uses data.normalize")
-        if spec and spec.weights is None and spec.resize is not None:
-            raise DistillError("teacher.resize applies to a pretrained teacher (teacher.weights); "
-                               "a teacher trained here sees the data at its own size")
-        if spec and spec.resize_margin is not None and (spec.resize is None or
-                                                        2 * spec.resize_margin >= min(spec.resize)):
-            raise DistillError(f"teacher.resize_margin {spec.resize_margin}: needs teacher.resize, more than twice "
-                               "the margin in every dimension")
-    if recipe.student.resize is not None or recipe.student.resize_margin is not None:
-        raise DistillError("student.resize / resize_margin: only a teacher is fed resized inputs (the student reads "
-                           "the data as is)")

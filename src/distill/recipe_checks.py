@@ -1,0 +1,58 @@
+"""The recipe checks that need the registries: component names and arguments, and preprocessing keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distill.errors import DistillError
+from distill.spec_check import check_kwargs
+
+if TYPE_CHECKING:
+    from distill.recipe import Recipe
+
+
+def check_components(recipe: Recipe, singular: bool) -> None:
+    """Every named component (dataset, models, methods, strategy) exists and takes the recipe's arguments, and
+    the teacher's preprocessing keys apply; one DistillError naming the key otherwise."""
+    from distill.data import DATASETS
+    from distill.methods import METHODS
+    from distill.models import MODELS
+
+    d = recipe.data
+    check_kwargs(DATASETS.get(d.name), d.kwargs, "data", f"dataset '{d.name}'", skip=("seed",))
+    for role in ("teacher", "student"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            check_kwargs(MODELS.get(spec.name), spec.kwargs, role, f"model '{spec.name}'",
+                         skip=("num_classes", "input_shape"))
+    from distill.strategies import STRATEGIES
+
+    for group in ("teachers", "peers"):
+        for key, spec in (getattr(recipe, group) or {}).items():
+            check_kwargs(MODELS.get(spec.name), spec.kwargs, f"{group}.{key}", f"model '{spec.name}'",
+                         skip=("num_classes", "input_shape"))
+    for i, m in enumerate(recipe.methods):
+        cls = METHODS.get(m.name)
+        check_kwargs(cls, m.kwargs, "method" if singular else f"methods.{i}", f"method '{m.name}'")
+    strategy = STRATEGIES.get(recipe.strategy.name)
+    check_kwargs(strategy, recipe.strategy.kwargs, "strategy", f"strategy '{recipe.strategy.name}'")
+    strategy(**recipe.strategy.kwargs).check(recipe)
+    _check_preprocessing(recipe)
+
+
+def _check_preprocessing(recipe: Recipe) -> None:
+    """normalize / resize / resize_margin apply to a pretrained teacher only."""
+    for spec in (recipe.teacher, *(recipe.teachers or {}).values()):
+        if spec and spec.weights is None and spec.normalize is not None:
+            raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
+                               "a teacher trained here uses data.normalize")
+        if spec and spec.weights is None and spec.resize is not None:
+            raise DistillError("teacher.resize applies to a pretrained teacher (teacher.weights); "
+                               "a teacher trained here sees the data at its own size")
+        if spec and spec.resize_margin is not None and (spec.resize is None or
+                                                        2 * spec.resize_margin >= min(spec.resize)):
+            raise DistillError(f"teacher.resize_margin {spec.resize_margin}: needs teacher.resize, more than twice "
+                               "the margin in every dimension")
+    if recipe.student.resize is not None or recipe.student.resize_margin is not None:
+        raise DistillError("student.resize / resize_margin: only a teacher is fed resized inputs (the student reads "
+                           "the data as is)")
