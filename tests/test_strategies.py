@@ -320,7 +320,7 @@ def test_readme_strategies_snippets_run(tmp_path: Path, monkeypatch) -> None:
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
     section = text.split("### Strategies", 1)[1].split("\n### ", 1)[0]
-    block, data_free = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    block, data_free, cross_task = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     raw = {**_recipe(tmp_path, teacher=None, method=None), **yaml.safe_load(block)}
     recipe = recipe_from_dict(raw)  # the YAML example is a valid recipe fragment
     assert recipe.strategy.kwargs == {"weighting": "confidence"} and recipe.methods[1].teacher == "cnn"
@@ -328,6 +328,10 @@ def test_readme_strategies_snippets_run(tmp_path: Path, monkeypatch) -> None:
     recipe = recipe_from_dict({**_recipe(tmp_path, teacher=teacher), **yaml.safe_load(data_free)})
     strategy = STRATEGIES.get("data_free")(**recipe.strategy.kwargs)
     assert strategy.student_steps == 5 and strategy._losses.bn == 1.0 and strategy._gen.width == 32
+    raw = {**_recipe(tmp_path, data={"name": "digits", "classes": [5, 6, 7, 8, 9], "labels_per_class": 5}),
+           **yaml.safe_load(cross_task)}
+    strategy = STRATEGIES.get("cross_task")(**recipe_from_dict(raw).strategy.kwargs)
+    assert strategy.adapt == "finetune" and strategy.student_init == "source" and strategy.teacher_row
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme"}
