@@ -156,3 +156,18 @@ def test_student_init_source_starts_the_distilled_student_from_the_source_body(t
     with pytest.raises(DistillError, match="student_init: source needs student_source"):
         distill.plan_from_recipe(recipe_from_dict(_target(tmp_path, source, {"adapt": "finetune",
                                                                              "student_init": "source"})))
+
+
+@pytest.mark.slow
+def test_kill_during_the_teacher_adaptation_then_resume_is_bit_identical(tmp_path: Path, source: dict) -> None:
+    from helpers import killed_then_resumed
+
+    paths = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        raw = _target(tmp_path / sub, source, {"adapt": "finetune", "student_source": source["student"]},
+                      train={"epochs": 40, "optimizer": {"name": "adam", "lr": 0.003}})
+        paths.append(write_recipe(tmp_path / sub, raw))
+    killed_then_resumed(paths[0], paths[1], tmp_path / "a" / "out", tmp_path / "b" / "out", role="teacher",
+                        weights=("teacher/model.safetensors", "student_finetuned/model.safetensors",
+                                 "student/model.safetensors"))
