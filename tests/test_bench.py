@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.bench import mean_std, method_specs, select_methods
+from distill.bench import method_specs, select_methods
+from distill.bench_write import mean_std
 from distill.cli import main
 from distill.errors import DistillError
 from distill.recipe import recipe_from_dict

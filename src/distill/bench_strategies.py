@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distill.bench import Row, _record, _tagged, write_bench
+from distill.bench import _record, _tagged
+from distill.bench_write import Row, write_bench
 from distill.build import load_data, output_classes
 from distill.data import DataSplits
 from distill.errors import DistillError
