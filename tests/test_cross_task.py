@@ -105,12 +105,18 @@ def test_bad_cross_task_settings_are_one_line_before_anything_is_written(
 
 def test_bench_records_the_adapted_teacher_of_every_seed(tmp_path: Path, capsys, source: dict) -> None:
     raw = _target(tmp_path, source, {"adapt": "finetune"}, train={"epochs": 1, "optimizer": {"name": "adam"}})
+    raw["teacher"] = {**raw["teacher"], "resize": [8, 8], "resize_margin": 1}  # its own preprocessing
     code, _, err = cli(capsys, "bench", str(write_recipe(tmp_path, raw)), "--strategies", "cross_task:adapt=finetune",
                        "--seeds", "2")
     assert code == 0, err
-    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "bench" / "bench.json").read_text())["rows"]}
+    bench = tmp_path / "out" / "bench"
+    rows = {r["method"]: r for r in json.loads((bench / "bench.json").read_text())["rows"]}
     assert set(rows) == {"scratch", "cross_task:adapt=finetune", "cross_task:adapt=finetune:teacher"}
-    assert len(rows["cross_task:adapt=finetune:teacher"]["top1_last"]) == 2  # one adapted teacher per seed
+    teacher = rows["cross_task:adapt=finetune:teacher"]["top1_last"]
+    assert len(teacher) == 2  # one adapted teacher per seed, scored as its run's report scores it
+    for seed in (0, 1):
+        report = json.loads((bench / "cross_task:adapt=finetune" / f"seed{seed}" / "report.json").read_text())
+        assert teacher[str(seed)] == pytest.approx(report["models"]["teacher"]["top1"])
 
 
 def test_resize_margin_frames_the_resized_content_in_black_as_the_teacher_sees_it() -> None:

@@ -145,4 +145,5 @@ def _bench_seed(recipe: Recipe, seed: int, entries: list[tuple[str, str, dict[st
             if role.startswith("teacher") and getattr(STRATEGIES.get(name), "same_task", True):
                 continue  # shared teachers have their rows; a teacher adapted per run (cross_task) has one per entry
             key = label if role == "student" else f"{label}:{role}"
-            _record(rows.setdefault(key, Row(key)), seed, t, data, t.inputs)
+            evaluated = Trained(t.frozen, t.history) if t.frozen is not None else t  # with its preprocessing
+            _record(rows.setdefault(key, Row(key)), seed, evaluated, data, t.inputs)
