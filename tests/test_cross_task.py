@@ -177,3 +177,17 @@ def test_kill_during_the_teacher_adaptation_then_resume_is_bit_identical(tmp_pat
     killed_then_resumed(paths[0], paths[1], tmp_path / "a" / "out", tmp_path / "b" / "out", role="teacher",
                         weights=("teacher/model.safetensors", "student_finetuned/model.safetensors",
                                  "student/model.safetensors"))
+
+
+def test_export_keeps_the_adapted_teacher_with_its_preprocessing(tmp_path: Path, capsys, source: dict) -> None:
+    raw = _target(tmp_path, source, {"adapt": "finetune"}, train={"epochs": 4, "optimizer": {"name": "adam"}})
+    raw["teacher"] = {**raw["teacher"], "resize": [8, 8], "resize_margin": 1}
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 0, err
+    code, _, err = cli(capsys, "export", str(tmp_path / "out"), "--format", "safetensors")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = {r["model"]: r for r in report["deployment"]["rows"]}
+    assert "teacher" in rows, report["deployment"]["notes"]
+    # the adapted network with its new head, fed as in training: its accuracy, not a 5-class source model's
+    assert rows["teacher"]["top1"] == pytest.approx(report["models"]["teacher"]["top1"], abs=0.05)

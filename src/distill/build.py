@@ -64,10 +64,12 @@ def load_model_weights(model: nn.Module, path: str, role: str) -> Path:
 
 
 def frozen_teacher(model: nn.Module, spec: ModelSpec, data: DataSplits) -> FrozenTeacher:
-    """Wrap a teacher: eval + no grad, and its own input normalisation when it differs from the student's."""
+    """Wrap a teacher: eval + no grad, its own input normalisation when it differs from the student's, and its
+    own input size (``resize``, ``resize_margin``)."""
     teacher_norm = spec.normalize.pair() if spec.normalize else None
     return FrozenTeacher(model, student_norm=(tuple(data.mean), tuple(data.std)), teacher_norm=teacher_norm,
-                         inputs=spec.inputs)
+                         inputs=spec.inputs, resize=tuple(spec.resize) if spec.resize else None,
+                         margin=spec.resize_margin or 0)
 
 
 def output_classes(model: nn.Module, data: DataSplits, inputs: Keys = None, role: str = "model") -> int:
@@ -128,3 +130,23 @@ def fingerprint(recipe: Recipe, role: str) -> str:
     from distill.plan import recipe_identity
 
     return identity_fingerprint(recipe_identity(recipe), role)
+
+
+def run_teacher(recipe: Recipe, data: DataSplits, run_dir: Path) -> tuple[FrozenTeacher, Path, str]:
+    """A finished run's teacher, frozen with its own preprocessing: the one trained or adapted in ``run_dir``
+    (``teacher/model.safetensors``), else the recipe's ``weights``; with its file and how to show it."""
+    from distill.engine.checkpoint import strip_prefix
+
+    spec = recipe.teacher
+    local = run_dir / "teacher" / "model.safetensors"
+    file = local if local.is_file() else resolve_path(spec.weights) if spec.weights else None
+    if file is None:
+        raise DistillError(f"{local} not found")
+    state = load_weights(file)
+    if file == local and state and all(k.startswith("model.") for k in state):
+        # a teacher adapted here (cross_task adapt: finetune): its network with this task's head
+        state, spec = strip_prefix(state, "model."), spec.model_copy(update={"classes": None})
+    model = build_arch(spec, data, recipe.seed)
+    load_into(model, state, f"teacher weights {file}")
+    shown = "teacher/model.safetensors" if file == local else str(spec.weights)
+    return frozen_teacher(model, spec, data), file, shown

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.build import build_arch, check_classes, frozen_teacher, load_data, resolve_path
+from distill.build import build_arch, check_classes, load_data, run_teacher
 from distill.data import DataSplits, head
 from distill.deploy import (
     Logits,
@@ -294,8 +294,8 @@ def _base_row(name: str, model: nn.Module, file: Path, shown: str, ctx: RunConte
 
 
 def _teacher(ctx: RunContext, notes: list[str]) -> tuple[nn.Module, Path, str] | None:
-    """The run's teacher (trained here, or its recipe ``weights``), its file and how to show it; None with a
-    note when it cannot be loaded."""
+    """The run's teacher (trained or adapted here, or its recipe ``weights``), its file and how to show it; None
+    with a note when it cannot be loaded."""
     spec = ctx.recipe.teacher
     if spec is None:
         return None
@@ -303,16 +303,8 @@ def _teacher(ctx: RunContext, notes: list[str]) -> tuple[nn.Module, Path, str] |
         notes.append(f"teacher left out: it reads input {spec.inputs!r}, the exported student "
                      f"{ctx.recipe.student.inputs!r}")
         return None
-    local = ctx.run_dir / "teacher" / "model.safetensors"
     try:
-        file = local if local.is_file() else resolve_path(spec.weights) if spec.weights else None
-        if file is None:
-            raise DistillError(f"{local} not found")
-        model = build_arch(spec, ctx.data, ctx.recipe.seed)
-        load_into(model, load_weights(file), f"teacher weights {file}")
+        return run_teacher(ctx.recipe, ctx.data, ctx.run_dir)
     except DistillError as e:
         notes.append(f"teacher left out: {e}")
         return None
-    shown = "teacher/model.safetensors" if file == local else str(spec.weights)
-    return frozen_teacher(model, spec, ctx.data), file, shown
-
