@@ -76,7 +76,7 @@ def test_student_source_baseline_keeps_the_source_body_and_a_fresh_head(tmp_path
     assert outcome.metrics["student_finetuned"]["params"] == outcome.metrics["student"]["params"]
 
 
-def test_student_source_of_another_architecture_is_one_line(tmp_path: Path, source: dict) -> None:
+def test_student_source_of_another_architecture_is_one_line(tmp_path: Path, capsys, source: dict) -> None:
     from distill.strategies.finetune import from_source
 
     wrong = tmp_path / "wrong.safetensors"
@@ -85,6 +85,10 @@ def test_student_source_of_another_architecture_is_one_line(tmp_path: Path, sour
     plan = distill.plan_from_recipe(recipe_from_dict(_target(tmp_path, source, {"adapt": "finetune"})))
     with pytest.raises(DistillError, match=r"student_source .*does not match the model: missing keys"):
         from_source(plan.student, str(wrong), 5, seed=0)
+    raw = _target(tmp_path, source, {"adapt": "finetune", "student_source": str(wrong)})
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 2 and "does not match the model" in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "teacher").exists()  # refused before the teacher's adaptation trained
 
 
 @pytest.mark.parametrize("strategy, changes, message", [

@@ -94,11 +94,13 @@ class CrossTask(Offline):
     def adapt_teacher(self, plan: Plan, teacher: Trained, *, resume: bool, log: Log) -> tuple[Plan, Trained]:
         """``adapt: finetune``: the teacher's network with a new head, fine-tuned on the labelled samples, becomes
         the teacher (frozen, its preprocessing kept); its new weights change the cache fingerprint."""
-        if self.student_source:  # before anything trains
+        if self.student_source:  # its file and architecture, before anything trains
             from distill.build import resolve_path
+            from distill.strategies.finetune import from_source
 
             if not resolve_path(self.student_source).is_file():
                 raise DistillError(f"strategy.student_source: weights file not found: {self.student_source}")
+            from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes, plan.seed)
         if self.adapt == "none" or plan.teacher is None:
             return plan, teacher
         from distill.run import train_scratch
