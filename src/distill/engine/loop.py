@@ -24,9 +24,10 @@ from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_che
 from distill.engine.logs import EpochLog
 from distill.engine.meter import Meter
 from distill.engine.optim import Group, build_optimizer, build_scheduler
+from distill.engine.outputs import as_fp32, model_output
 from distill.errors import DistillError
 from distill.methods.base import MethodSet
-from distill.models import Keys, as_logits, feed
+from distill.models import Keys, feed
 from distill.recipe import TrainSpec
 from distill.taps import FeatureTaps
 from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
@@ -283,25 +284,6 @@ def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> Mod
     if job.cache is not None:
         return job.cache.lookup(batch.index, batch.view)
     return model_output(job.teacher, batch, taps)
-
-
-def as_fp32(out: ModelOutput | None) -> ModelOutput | None:
-    """Outputs in fp32 for the losses (autocast may have produced bf16/fp16)."""
-    if out is None or (out.logits.dtype == torch.float32 and not out.by_teacher):
-        return out
-    feats = {k: v.float() if v.is_floating_point() else v for k, v in out.feats.items()}
-    return ModelOutput(out.logits.float(), feats, out.topk, {k: as_fp32(v) for k, v in out.by_teacher.items()})
-
-
-def model_output(model: nn.Module | None, batch: Batch, taps: FeatureTaps | None, inputs: Keys = None) -> ModelOutput:
-    """Run ``model`` on the fields of ``batch.input`` it reads; logits plus the features ``taps`` captured."""
-    assert model is not None, "the methods need a teacher but none was given"
-    logits = as_logits(feed(model, batch.input, inputs, "student"))
-    if taps is None:
-        return ModelOutput(logits)
-    feats = dict(taps.feats)
-    taps.clear()
-    return ModelOutput(logits, feats)
 
 
 def _describe(desc: str, stats: dict[str, Any]) -> str:
