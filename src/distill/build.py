@@ -14,6 +14,7 @@ from distill.errors import DistillError
 from distill.io import load_into, load_weights
 from distill.methods import METHODS, MethodSet
 from distill.models import FrozenTeacher, Keys, as_logits, build_model, feed
+from distill.models.base import SHAPE_FREE
 from distill.recipe import ModelSpec, Recipe
 
 
@@ -35,10 +36,10 @@ def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
     """A freshly initialised model; the same seed gives the same initial weights."""
     shape = data.shape_for(spec.inputs)
     if shape is None:
-        if spec.name != "external":
+        if spec.name not in SHAPE_FREE:
             raise DistillError(f"model '{spec.name}' reads one tensor but dataset '{data.name}' has dict inputs "
                                f"{sorted(data.input_shape)}: set its 'inputs' to one key")
-        shape = (1,)  # an external model is built from its own arguments; the shape is not passed on
+        shape = (1,)  # these models read dicts and are built from their own arguments: no shape to pass on
     if spec.resize is not None:  # a teacher of another domain sees inputs resized to its own size
         shape = (*shape[:-len(spec.resize)], *spec.resize)
     torch.manual_seed(seed)

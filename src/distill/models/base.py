@@ -21,6 +21,10 @@ Builder = Callable[..., nn.Module]
 
 MODELS: Registry[Builder] = Registry("model", "distill.models", adapt="distill.extend:_model")
 
+# Models built from their own arguments, not from the data's input shape: they may read a dict of fields
+# (external: any user module; hf: token ids and attention mask). The tensor zoo is every other name.
+SHAPE_FREE = frozenset({"external", "hf"})
+
 # Arguments every builder receives from build_model itself, never from the user's options.
 _FIXED = ("num_classes", "input_shape")
 

@@ -1,0 +1,114 @@
+"""Hugging Face ``transformers`` encoders as teachers and students (``name: hf``).
+
+A pretrained model from a local folder (``path``; ``pkg:<package>/<folder>`` inside an installed package) or a
+model built here from a config (``config: {model_type: bert, hidden_size: 128, ...}``), with a pooling of its last
+hidden states (``mean`` over real tokens, ``cls``, ``max``) and, for classification, a Linear head ``fc`` on the
+pooled vector (``head: false``: the pooled sentence embedding is the output). The backbone sits at ``backbone``, so
+its layers are tapped by module path (``backbone.encoder.layer.2``: that layer's hidden states, ``(B, T, H)``).
+
+Inputs are a dict batch: the model reads ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given),
+under these names or ending in them after a ``.`` or ``/`` (``student.input_ids``), so two roles can read two
+tokenisations of one sentence. ``transformers`` is imported only when such a model is built (the ``hf`` extra);
+nothing is ever downloaded (``local_files_only``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+from distill.models.base import MODELS
+
+POOLINGS = ("mean", "cls", "max")
+_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def pool(hidden: Tensor, mask: Tensor | None, how: str) -> Tensor:
+    """(B, T, H) hidden states and a (B, T) mask of real tokens -> (B, H): the masked mean, the first token's
+    state, or the masked max."""
+    if how == "cls":
+        return hidden[:, 0]
+    m = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device) if mask is None else mask
+    m = m.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+
+
+def fields(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's own fields from a dict batch: exact names, or names ending in ``.<field>`` / ``/<field>``."""
+    out: dict[str, Tensor] = {}
+    for key, value in kwargs.items():
+        name = key.replace("/", ".").rsplit(".", 1)[-1]
+        if name in _FIELDS:
+            if name in out:
+                raise DistillError(f"model 'hf': two input fields end in {name!r}; set the model's 'inputs' to the "
+                                   "fields of one tokenisation")
+            out[name] = value
+    if "input_ids" not in out:
+        raise DistillError(f"model 'hf' reads 'input_ids' (and 'attention_mask'); the batch has {sorted(kwargs)}")
+    return out
+
+
+class HFEncoder(nn.Module):
+    """``backbone`` (a transformers encoder) -> pooling -> ``fc`` (classification) or the pooled embedding."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str, head: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.fc = nn.Linear(backbone.config.hidden_size, num_classes) if head else None
+
+    def forward(self, **kwargs: Tensor) -> Tensor:
+        """Token fields (B, T) -> logits (B, num_classes), or the pooled embedding (B, H) without a head."""
+        f = fields(kwargs)
+        hidden = self.backbone(**f).last_hidden_state  # (B, T, H)
+        pooled = pool(hidden, f.get("attention_mask"), self.pooling)
+        return pooled if self.fc is None else self.fc(pooled)
+
+
+@MODELS.register("hf")
+def hf(*, num_classes: int, input_shape: tuple[int, ...], path: str | None = None,
+       config: dict[str, Any] | None = None, pooling: Literal["mean", "cls", "max"] = "mean",
+       head: bool = True) -> nn.Module:
+    """A transformers encoder from ``path`` (pretrained, local) or ``config`` (built here, seeded)."""
+    if (path is None) == (config is None):
+        raise DistillError("model 'hf': give exactly one of 'path' (a local pretrained model) or 'config'")
+    if pooling not in POOLINGS:
+        raise DistillError(f"model 'hf': pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return HFEncoder(_load(path) if path is not None else _build(config or {}), num_classes, pooling, head)
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise DistillError("model 'hf' needs transformers: pip install 'distill[hf]'") from None
+    return transformers
+
+
+def _load(path: str) -> nn.Module:
+    from distill.build import resolve_path
+
+    folder = resolve_path(path)
+    if not (folder / "config.json").is_file():
+        raise DistillError(f"model 'hf': {path} is not a folder holding a transformers model (no config.json)")
+    try:
+        return _transformers().AutoModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DistillError(f"model 'hf': cannot load {path}: {str(e).splitlines()[0]}") from None
+
+
+def _build(config: dict[str, Any]) -> nn.Module:
+    t = _transformers()
+    raw = dict(config)
+    kind = raw.pop("model_type", None)
+    if not isinstance(kind, str):
+        raise DistillError("model 'hf': config needs 'model_type' (e.g. bert)")
+    try:
+        return t.AutoModel.from_config(t.AutoConfig.for_model(kind, **raw))
+    except (ValueError, TypeError, KeyError) as e:
+        raise DistillError(f"model 'hf': config: {str(e).splitlines()[0]}") from None
