@@ -87,6 +87,7 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise DistillError("model 'hf' needs transformers: pip install 'distill[hf]'") from None
+    transformers.utils.logging.disable_progress_bar()  # our log lines, not a bar per weight file
     return transformers
 
 
