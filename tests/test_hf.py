@@ -143,3 +143,20 @@ def test_the_readme_hf_specs_build() -> None:
     teacher = build_model("hf", num_classes=2, input_shape=(1,),
                           **{k: v for k, v in specs["teacher"].items() if k != "name"})
     assert teacher.backbone.config.hidden_size == 384
+
+
+def test_layers_keeps_a_subset_of_the_teachers_layers_with_their_weights() -> None:
+    torch.manual_seed(0)
+    full = build_model("hf", num_classes=2, input_shape=(1,), config={**TINY, "num_hidden_layers": 4})
+    torch.manual_seed(0)
+    cut = build_model("hf", num_classes=2, input_shape=(1,), config={**TINY, "num_hidden_layers": 4},
+                      layers=[0, 2])
+    assert len(cut.backbone.encoder.layer) == 2 and cut.backbone.config.num_hidden_layers == 2
+    for mine, theirs in ((0, 0), (1, 2)):
+        a, b = cut.backbone.encoder.layer[mine].state_dict(), full.backbone.encoder.layer[theirs].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    x, _ = _tokens(3)
+    assert cut(**x).shape == (3, 2)
+    for bad in ([], [0, 4], [1, 1]):
+        with pytest.raises(DistillError, match=r"layers must be distinct layer indices in \[0, 4\)"):
+            build_model("hf", num_classes=2, input_shape=(1,), config={**TINY, "num_hidden_layers": 4}, layers=bad)

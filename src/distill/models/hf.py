@@ -4,7 +4,8 @@ A pretrained model from a local folder (``path``; ``pkg:<package>/<folder>`` ins
 model built here from a config (``config: {model_type: bert, hidden_size: 128, ...}``), with a pooling of its last
 hidden states (``mean`` over real tokens, ``cls``, ``max``) and, for classification, a Linear head ``fc`` on the
 pooled vector (``head: false``: the pooled sentence embedding is the output). The backbone sits at ``backbone``, so
-its layers are tapped by module path (``backbone.encoder.layer.2``: that layer's hidden states, ``(B, T, H)``).
+its layers are tapped by module path (``backbone.encoder.layer.2``: that layer's hidden states, ``(B, T, H)``);
+``layers: [0, 2, 4]`` keeps a subset of a model's layers with their weights (a student initialised from its teacher).
 
 Inputs are a dict batch: the model reads ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given),
 under these names or ending in them after a ``.`` or ``/`` (``student.input_ids``), so two roles can read two
@@ -73,13 +74,31 @@ class HFEncoder(nn.Module):
 @MODELS.register("hf")
 def hf(*, num_classes: int, input_shape: tuple[int, ...], path: str | None = None,
        config: dict[str, Any] | None = None, pooling: Literal["mean", "cls", "max"] = "mean",
-       head: bool = True) -> nn.Module:
-    """A transformers encoder from ``path`` (pretrained, local) or ``config`` (built here, seeded)."""
+       head: bool = True, layers: list[int] | None = None) -> nn.Module:
+    """A transformers encoder from ``path`` (pretrained, local) or ``config`` (built here, seeded); ``layers``
+    keeps those encoder layers only, in that order, with their weights (DistilBERT's student: every other
+    layer of its teacher, ``[0, 2, 4]`` of a 6-layer model)."""
     if (path is None) == (config is None):
         raise DistillError("model 'hf': give exactly one of 'path' (a local pretrained model) or 'config'")
     if pooling not in POOLINGS:
         raise DistillError(f"model 'hf': pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    return HFEncoder(_load(path) if path is not None else _build(config or {}), num_classes, pooling, head)
+    backbone = _load(path) if path is not None else _build(config or {})
+    if layers is not None:
+        keep_layers(backbone, layers)
+    return HFEncoder(backbone, num_classes, pooling, head)
+
+
+def keep_layers(backbone: nn.Module, keep: list[int]) -> None:
+    """Cut ``backbone.encoder.layer`` down to the layers ``keep`` (weights kept), in place."""
+    stack = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(stack, nn.ModuleList):
+        raise DistillError(f"model 'hf': layers: {type(backbone).__name__} has no encoder.layer list to cut")
+    n = len(stack)
+    if not keep or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n for i in keep) \
+            or len(set(keep)) != len(keep):
+        raise DistillError(f"model 'hf': layers must be distinct layer indices in [0, {n}), got {keep!r}")
+    backbone.encoder.layer = nn.ModuleList(stack[i] for i in keep)
+    backbone.config.num_hidden_layers = len(keep)
 
 
 def _transformers() -> Any:
