@@ -53,7 +53,7 @@ def resolve_path(path: str) -> Path:
     package, _, rel = path[4:].partition("/")
     spec = importlib.util.find_spec(package) if package else None
     if spec is None or not spec.submodule_search_locations:
-        raise DistillError(f"weights {path!r}: package {package!r} is not installed")
+        raise DistillError(f"{path!r}: package {package!r} is not installed")
     return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
@@ -137,6 +137,7 @@ def run_teacher(recipe: Recipe, data: DataSplits, run_dir: Path) -> tuple[Frozen
     """A finished run's teacher, frozen with its own preprocessing: the one trained or adapted in ``run_dir``
     (``teacher/model.safetensors``), else the recipe's ``weights``; with its file and how to show it."""
     from distill.engine.checkpoint import strip_prefix
+    from distill.strategies import build_strategy
 
     spec = recipe.teacher
     local = run_dir / "teacher" / "model.safetensors"
@@ -144,8 +145,8 @@ def run_teacher(recipe: Recipe, data: DataSplits, run_dir: Path) -> tuple[Frozen
     if file is None:
         raise DistillError(f"{local} not found")
     state = load_weights(file)
-    if file == local and state and all(k.startswith("model.") for k in state):
-        # a teacher adapted here (cross_task adapt: finetune): its network with this task's head
+    if file == local and build_strategy(recipe.strategy.name, recipe.strategy.kwargs).adapts_teacher:
+        # the teacher's network fine-tuned here with this task's head, saved inside its preprocessing wrapper
         state, spec = strip_prefix(state, "model."), spec.model_copy(update={"classes": None})
     model = build_arch(spec, data, recipe.seed)
     load_into(model, state, f"teacher weights {file}")

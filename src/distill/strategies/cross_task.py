@@ -64,9 +64,14 @@ class CrossTask(Offline):
         return not self.unlabelled
 
     @property
+    def adapts_teacher(self) -> bool:
+        """``adapt: finetune``: the run's ``teacher/`` holds the teacher's network fine-tuned for this task."""
+        return self.adapt == "finetune"
+
+    @property
     def teacher_row(self) -> bool:
         """Only the adapted teacher predicts this task's classes."""
-        return self.adapt == "finetune"
+        return self.adapts_teacher
 
     def check(self, recipe: Recipe) -> None:
         super().check(recipe)
@@ -94,13 +99,8 @@ class CrossTask(Offline):
     def adapt_teacher(self, plan: Plan, teacher: Trained, *, resume: bool, log: Log) -> tuple[Plan, Trained]:
         """``adapt: finetune``: the teacher's network with a new head, fine-tuned on the labelled samples, becomes
         the teacher (frozen, its preprocessing kept); its new weights change the cache fingerprint."""
-        if self.student_source:  # its file and architecture, before anything trains
-            from distill.build import resolve_path
-            from distill.strategies.finetune import from_source
-
-            if not resolve_path(self.student_source).is_file():
-                raise DistillError(f"strategy.student_source: weights file not found: {self.student_source}")
-            from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes, plan.seed)
+        if self.student_source:
+            self._source_student(plan)  # its file and architecture, before anything trains
         if self.adapt == "none" or plan.teacher is None:
             return plan, teacher
         from distill.run import train_scratch
@@ -119,19 +119,25 @@ class CrossTask(Offline):
         source-task weights, a new head), so the teacher's contribution is what it adds to plain fine-tuning."""
         if self.student_init != "source" or not self.student_source:
             return None
+        notes.append(f"student: starts from its source-task weights ({self.student_source}) with a new head")
+        return self._source_student(plan)
+
+    def _source_student(self, plan: Plan) -> nn.Module:
+        """The student's architecture with the ``student_source`` weights and a new head for this task."""
         from distill.build import resolve_path
         from distill.strategies.finetune import from_source
 
-        notes.append(f"student: starts from its source-task weights ({self.student_source}) with a new head")
-        return from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes, plan.seed)
+        path = resolve_path(str(self.student_source))
+        if not path.is_file():
+            raise DistillError(f"strategy.student_source: weights file not found: {self.student_source}")
+        return from_source(plan.student, str(path), plan.data.num_classes, plan.seed)
 
     def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
         """``finetune``: the teacher's network with a new head for this task, every weight fine-tuned with
         cross-entropy on the labelled samples; ``student_source``: the student's architecture from its
         source-task weights, likewise. Both as many steps as the scratch student."""
-        from distill.build import resolve_path
         from distill.run import train_scratch
-        from distill.strategies.finetune import from_source, with_new_head
+        from distill.strategies.finetune import with_new_head
 
         out: dict[str, Trained] = {}
         if self.finetune and plan.teacher is not None:
@@ -142,8 +148,7 @@ class CrossTask(Offline):
                                              role="finetuned", resume=resume, log=log, inputs=plan.teacher.inputs)
         if self.student_source:
             _need_labels(plan)
-            model = from_source(plan.student, str(resolve_path(self.student_source)), plan.data.num_classes,
-                                plan.seed)
+            model = self._source_student(plan)
             notes.append(f"student_finetuned: the student's architecture trained on the source task "
                          f"({self.student_source}), a new head, every weight fine-tuned on the labelled samples")
             out["student_finetuned"] = train_scratch(plan, model, role="student_finetuned", resume=resume, log=log,
