@@ -64,9 +64,30 @@ def linear_probe_top1(train: Tensor, y: Tensor, test: Tensor, y_test: Tensor) ->
     return float(np.mean(clf.predict(test.numpy()) == y_test.numpy()))
 
 
-def probes(model: nn.Module, path: str, data: Any, *, inputs: Keys = None, batch_size: int = 1000) -> dict[str, float]:
+AGREE_ROWS = 1_000  # test rows whose pairwise similarities are compared (~500k pairs)
+
+
+def agreement(student: Tensor, teacher: Tensor) -> dict[str, float]:
+    """How closely (N, Ds) embeddings follow the teacher's (N, Dt) on the same sentences: the Spearman rank
+    correlation of their pairwise cosine similarities (over the first AGREE_ROWS rows: every pair i < j), and,
+    when the widths are equal, the mean cosine between each pair of vectors."""
+    from scipy.stats import spearmanr
+
+    n = min(AGREE_ROWS, len(student))
+    iu = torch.triu_indices(n, n, offset=1)
+    sims = [(F.normalize(e[:n].float(), dim=1) @ F.normalize(e[:n].float(), dim=1).T)[iu[0], iu[1]]
+            for e in (student, teacher)]  # (n(n-1)/2,) each
+    out = {"spearman_teacher": float(spearmanr(sims[0].numpy(), sims[1].numpy()).statistic)}
+    if student.shape[1] == teacher.shape[1]:
+        out["cosine_teacher"] = float(F.cosine_similarity(student.float(), teacher.float(), dim=1).mean())
+    return out
+
+
+def probes(model: nn.Module, path: str, data: Any, *, inputs: Keys = None, batch_size: int = 1000,
+           reference: Tensor | None = None) -> dict[str, float]:
     """``{"knn_top1", "probe_top1"}`` of ``model``'s embeddings at ``path``: fitted on (up to PROBE_TRAIN rows of)
-    the training split with its true labels, scored on the test split."""
+    the training split with its true labels, scored on the test split; with ``reference`` (the teacher's test
+    embeddings) also its :func:`agreement` with them."""
     labels = data.full_y if data.full_y is not None else data.train.y
     if bool((labels < 0).any()):
         raise DistillError("embedding probes need the true labels of the training split")
@@ -74,4 +95,5 @@ def probes(model: nn.Module, path: str, data: Any, *, inputs: Keys = None, batch
     train = embed(model, path, data.train.subset(rows), inputs=inputs, batch_size=batch_size)
     test = embed(model, path, data.test, inputs=inputs, batch_size=batch_size)
     y, y_test = labels[rows], data.test.y
-    return {"knn_top1": knn_top1(train, y, test, y_test), "probe_top1": linear_probe_top1(train, y, test, y_test)}
+    out = {"knn_top1": knn_top1(train, y, test, y_test), "probe_top1": linear_probe_top1(train, y, test, y_test)}
+    return out if reference is None else {**out, **agreement(test, reference)}

@@ -142,6 +142,10 @@ def _summary_text(s: dict[str, float], models: dict[str, dict], roles: dict[str,
     return text[0].upper() + text[1:]
 
 
+def _dec(value: float | None) -> str:
+    return DASH if value is None else f"{value:.4f}"
+
+
 def _markdown(report: dict) -> str:
     models = report["models"]
     lines = [f"# {report['title']}", "",
@@ -154,9 +158,13 @@ def _markdown(report: dict) -> str:
     if probed:
         lines += ["## Embedding probes", "", "Frozen features of each model (`eval.embeddings`): a 20-nearest-"
                   "neighbour (cosine) and a linear (logistic regression) classifier fitted on the training split's "
-                  "true labels, scored on the test split. Evaluation only: no label is used to train.", "",
-                  "| role | k-NN top-1 | linear probe top-1 |", "|---|---:|---:|"]
-        lines += [f"| {r} | {_pct(m['knn_top1'])} | {_pct(m.get('probe_top1'))} |" for r, m in probed.items()]
+                  "true labels, scored on the test split. Evaluation only: no label is used to train. Against the "
+                  "teacher's embeddings of the test split: the Spearman correlation of pairwise cosine similarities "
+                  "(first 1,000 sentences) and the mean cosine (equal widths only).", "",
+                  "| role | k-NN top-1 | linear probe top-1 | Spearman w/ teacher | cosine w/ teacher |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r} | {_pct(m['knn_top1'])} | {_pct(m.get('probe_top1'))} | {_dec(m.get('spearman_teacher'))} "
+                  f"| {_dec(m.get('cosine_teacher'))} |" for r, m in probed.items()]
         lines.append("")
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]

@@ -35,7 +35,7 @@ from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
 from distill.plan import Plan, TeacherPart, fingerprint, plan_from_recipe
-from distill.probe import probes
+from distill.probe import embed, probes
 from distill.recipe import Recipe, TrainSpec
 from distill.report import write_report
 
@@ -243,6 +243,8 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
     """Test metrics of every trained role (the teacher through its frozen wrapper)."""
     test, bs = plan.data.test, plan.eval_batch_size
     t_logits: Tensor | None = predict(teacher, test, bs) if teacher is not None else None
+    t_path = (plan.embeddings or {}).get("teacher")
+    ref = embed(teacher, t_path, test, batch_size=bs) if teacher is not None and t_path else None
     models: dict[str, dict] = {}
     for role, t in trained.items():
         model, keys = (t.frozen, None) if t.frozen is not None else (t.model, t.inputs)
@@ -252,7 +254,8 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
         metrics["params"] = sum(p.numel() for p in t.model.parameters())
         path = (plan.embeddings or {}).get("teacher" if role.startswith("teacher") else "student")
         if path is not None:  # evaluation only: the probes fit on the training split's true labels
-            metrics.update(probes(model, path, plan.data, inputs=keys, batch_size=bs))
+            metrics.update(probes(model, path, plan.data, inputs=keys, batch_size=bs,
+                                  reference=None if role.startswith("teacher") else ref))
         models[role] = metrics
     return models
 

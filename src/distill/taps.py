@@ -1,7 +1,9 @@
 """Feature taps: forward hooks by module path on an unmodified model, and a shape probe.
 
 A path such as ``layer2.0.bn2`` captures that module's output; ``layer2.0.bn2:input`` captures its
-first positional input (``fc:input`` is the penultimate embedding of every zoo model).
+first positional input (``fc:input`` is the penultimate embedding of every zoo model); ``attention.self:1``
+captures element 1 of a tuple output (a transformers attention module returns ``(context, probabilities)``; its
+probabilities are there with ``attn_implementation: eager``).
 """
 
 from __future__ import annotations
@@ -32,16 +34,39 @@ def first_tensor(value: Any) -> Tensor | None:
     return None
 
 
-def resolve_path(model: nn.Module, path: str) -> tuple[nn.Module, bool]:
-    """Split a tap path into (module, wants_input); unknown modules raise with the closest paths."""
-    wants_input = path.endswith(INPUT_SUFFIX)
-    name = path[: -len(INPUT_SUFFIX)] if wants_input else path
+def split_path(path: str) -> tuple[str, str | int | None]:
+    """``'a.b:input'`` -> ('a.b', 'input'); ``'a.b:1'`` -> ('a.b', 1): element 1 of a tuple output;
+    ``'a.b'`` -> ('a.b', None): the output (its first tensor)."""
+    name, sep, sel = path.rpartition(":")
+    if not sep:
+        return path, None
+    if sel == INPUT_SUFFIX[1:]:
+        return name, "input"
+    if sel.isdigit():
+        return name, int(sel)
+    raise DistillError(f"tap {path!r}: after ':' comes 'input' or an output index (':1'), not {sel!r}")
+
+
+def resolve_path(model: nn.Module, path: str) -> tuple[nn.Module, str | int | None]:
+    """Split a tap path into (module, selector: 'input', an output index or None); unknown modules raise with
+    the closest paths."""
+    name, selector = split_path(path)
     modules = dict(model.named_modules())
     if name not in modules:
         names = [n for n in modules if n]
         hint = closest(name, names) or f"; top-level modules: {', '.join(n for n in names if '.' not in n)}"
         raise DistillError(f"no module {name!r} to tap in {type(model).__name__}{hint}")
-    return modules[name], wants_input
+    return modules[name], selector
+
+
+def _select(args: tuple[Any, ...], output: Any, selector: str | int | None) -> Tensor | None:
+    if selector == "input":
+        return first_tensor(args[:1])
+    if isinstance(selector, int):
+        if not isinstance(output, (tuple, list)) or selector >= len(output):
+            return None
+        return first_tensor(output[selector])
+    return first_tensor(output)
 
 
 def last_linear(model: nn.Module) -> str | None:
@@ -70,8 +95,8 @@ class FeatureTaps:
         """Register the hooks (``__enter__`` does this)."""
         if self._handles:
             raise RuntimeError("FeatureTaps are already attached")
-        for path, (module, wants_input) in self._targets.items():
-            self._handles.append(module.register_forward_hook(self._hook(path, wants_input)))
+        for path, (module, selector) in self._targets.items():
+            self._handles.append(module.register_forward_hook(self._hook(path, selector)))
         return self
 
     def remove(self) -> None:
@@ -80,11 +105,13 @@ class FeatureTaps:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, path: str, wants_input: bool) -> Any:
+    def _hook(self, path: str, selector: str | int | None) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            value = first_tensor(args[:1]) if wants_input else first_tensor(output)
+            value = _select(args, output, selector)
             if value is None:
-                what = "positional tensor input" if wants_input else "tensor output"
+                what = {"input": "positional tensor input", None: "tensor output"}.get(
+                    selector, f"tensor at output index {selector} (attention probabilities of a transformers "
+                              "model need attn_implementation: eager)")  # type: ignore[call-overload]
                 raise DistillError(f"tap {path!r}: {type(module).__name__} produced no {what}")
             self._feats[path] = value
 

@@ -8,6 +8,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     crd,
     dist,
     dkd,
+    embedding,
     fitnet,
     fsp,
     ft,
@@ -24,6 +25,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     rkd,
     sp,
     tfkd,
+    tinybert,
     vid,
 )
 from distill.methods.ab import AB
@@ -34,6 +36,7 @@ from distill.methods.ce import CE
 from distill.methods.crd import CRD
 from distill.methods.dist import DIST
 from distill.methods.dkd import DKD
+from distill.methods.embedding import EmbeddingDistillation
 from distill.methods.fitnet import FitNet
 from distill.methods.fsp import FSP
 from distill.methods.ft import FT
@@ -50,11 +53,13 @@ from distill.methods.reviewkd import ReviewKD
 from distill.methods.rkd import RKD
 from distill.methods.sp import SP
 from distill.methods.tfkd import TfKD
+from distill.methods.tinybert import TinyBERT
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
-           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "FitNet", "FSP", "FT", "HKD", "IRG", "KD", "KDSVD",
-           "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "VID"]
+           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "EmbeddingDistillation", "FitNet", "FSP", "FT", "HKD",
+           "IRG", "KD", "KDSVD",
+           "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "TinyBERT", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:

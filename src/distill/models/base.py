@@ -22,8 +22,8 @@ Builder = Callable[..., nn.Module]
 MODELS: Registry[Builder] = Registry("model", "distill.models", adapt="distill.extend:_model")
 
 # Models built from their own arguments, not from the data's input shape: they may read a dict of fields
-# (external: any user module; hf: token ids and attention mask). The tensor zoo is every other name.
-SHAPE_FREE = frozenset({"external", "hf"})
+# (external: any user module; hf, static, bilstm: token ids and attention mask). The tensor zoo is every other name.
+SHAPE_FREE = frozenset({"external", "hf", "static", "bilstm"})
 
 # Arguments every builder receives from build_model itself, never from the user's options.
 _FIXED = ("num_classes", "input_shape")

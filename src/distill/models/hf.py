@@ -4,8 +4,11 @@ A pretrained model from a local folder (``path``; ``pkg:<package>/<folder>`` ins
 model built here from a config (``config: {model_type: bert, hidden_size: 128, ...}``), with a pooling of its last
 hidden states (``mean`` over real tokens, ``cls``, ``max``) and, for classification, a Linear head ``fc`` on the
 pooled vector (``head: false``: the pooled sentence embedding is the output). The backbone sits at ``backbone``, so
-its layers are tapped by module path (``backbone.encoder.layer.2``: that layer's hidden states, ``(B, T, H)``);
-``layers: [0, 2, 4]`` keeps a subset of a model's layers with their weights (a student initialised from its teacher).
+its layers are tapped by module path (``backbone.encoder.layer.2``: that layer's hidden states, ``(B, T, H)``;
+``backbone.embeddings``: the embedding layer's output; ``backbone.encoder.layer.2.attention.self:1``: that layer's
+attention probabilities, ``(B, heads, T, T)``, with ``attn_implementation: eager``), and the pooled sentence
+embedding at ``pool`` (``(B, H)``); ``layers: [0, 2, 4]`` keeps a subset of a model's layers with their weights (a
+student initialised from its teacher).
 
 Inputs are a dict batch: the model reads ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` when given),
 under these names or ending in them after a ``.`` or ``/`` (``student.input_ids``), so two roles can read two
@@ -54,35 +57,50 @@ def fields(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+class Pool(nn.Module):
+    """(B, T, H) token states and a (B, T) mask -> (B, H), a module so that ``pool`` can be tapped."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        return pool(hidden, mask, self.how)
+
+
 class HFEncoder(nn.Module):
-    """``backbone`` (a transformers encoder) -> pooling -> ``fc`` (classification) or the pooled embedding."""
+    """``backbone`` (a transformers encoder) -> ``pool`` -> ``fc`` (classification) or the pooled embedding."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, pooling: str, head: bool) -> None:
         super().__init__()
         self.backbone = backbone
-        self.pooling = pooling
+        self.pool = Pool(pooling)
         self.fc = nn.Linear(backbone.config.hidden_size, num_classes) if head else None
 
     def forward(self, **kwargs: Tensor) -> Tensor:
         """Token fields (B, T) -> logits (B, num_classes), or the pooled embedding (B, H) without a head."""
         f = fields(kwargs)
         hidden = self.backbone(**f).last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, f.get("attention_mask"), self.pooling)
+        pooled = self.pool(hidden, f.get("attention_mask"))
         return pooled if self.fc is None else self.fc(pooled)
 
 
 @MODELS.register("hf")
 def hf(*, num_classes: int, input_shape: tuple[int, ...], path: str | None = None,
        config: dict[str, Any] | None = None, pooling: Literal["mean", "cls", "max"] = "mean",
-       head: bool = True, layers: list[int] | None = None) -> nn.Module:
+       head: bool = True, layers: list[int] | None = None,
+       attn_implementation: Literal["eager", "sdpa"] | None = None) -> nn.Module:
     """A transformers encoder from ``path`` (pretrained, local) or ``config`` (built here, seeded); ``layers``
     keeps those encoder layers only, in that order, with their weights (DistilBERT's student: every other
-    layer of its teacher, ``[0, 2, 4]`` of a 6-layer model)."""
+    layer of its teacher, ``[0, 2, 4]`` of a 6-layer model). ``attn_implementation: eager`` computes attention
+    probabilities explicitly, so they can be tapped (transformers' default, sdpa, never forms them)."""
     if (path is None) == (config is None):
         raise DistillError("model 'hf': give exactly one of 'path' (a local pretrained model) or 'config'")
     if pooling not in POOLINGS:
         raise DistillError(f"model 'hf': pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    backbone = _load(path) if path is not None else _build(config or {})
+    if attn_implementation not in (None, "eager", "sdpa"):
+        raise DistillError(f"model 'hf': attn_implementation must be eager or sdpa, got {attn_implementation!r}")
+    backbone = _load(path, attn_implementation) if path is not None else _build(config or {}, attn_implementation)
     if layers is not None:
         keep_layers(backbone, layers)
     return HFEncoder(backbone, num_classes, pooling, head)
@@ -110,25 +128,27 @@ def _transformers() -> Any:
     return transformers
 
 
-def _load(path: str) -> nn.Module:
+def _load(path: str, attn: str | None) -> nn.Module:
     from distill.build import resolve_path
 
     folder = resolve_path(path)
     if not (folder / "config.json").is_file():
         raise DistillError(f"model 'hf': {path} is not a folder holding a transformers model (no config.json)")
     try:
-        return _transformers().AutoModel.from_pretrained(str(folder), local_files_only=True)
+        extra = {"attn_implementation": attn} if attn else {}
+        return _transformers().AutoModel.from_pretrained(str(folder), local_files_only=True, **extra)
     except (OSError, ValueError) as e:
         raise DistillError(f"model 'hf': cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
-def _build(config: dict[str, Any]) -> nn.Module:
+def _build(config: dict[str, Any], attn: str | None) -> nn.Module:
     t = _transformers()
     raw = dict(config)
     kind = raw.pop("model_type", None)
     if not isinstance(kind, str):
         raise DistillError("model 'hf': config needs 'model_type' (e.g. bert)")
     try:
-        return t.AutoModel.from_config(t.AutoConfig.for_model(kind, **raw))
+        extra = {"attn_implementation": attn} if attn else {}
+        return t.AutoModel.from_config(t.AutoConfig.for_model(kind, **raw), **extra)
     except (ValueError, TypeError, KeyError) as e:
         raise DistillError(f"model 'hf': config: {str(e).splitlines()[0]}") from None
