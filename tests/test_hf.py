@@ -62,9 +62,12 @@ def test_a_config_built_bert_is_seeded_pooled_and_tapped_by_layer_path() -> None
     with FeatureTaps(a, ["backbone.encoder.layer.1", "fc:input"]) as taps:
         logits = a(**x)
     assert logits.shape == (4, 3)
-    assert taps.feats["backbone.encoder.layer.1"].shape == (4, 10, 32)  # (B, T, H) hidden states
-    assert torch.allclose(taps.feats["fc:input"], pool(taps.feats["backbone.encoder.layer.1"], x["attention_mask"],
-                                                       "mean"), atol=1e-6)
+    used = int(x["attention_mask"].sum(1).max())  # padding columns no sentence of the batch uses are dropped
+    assert taps.feats["backbone.encoder.layer.1"].shape == (4, used, 32)  # (B, T, H) hidden states
+    assert torch.allclose(taps.feats["fc:input"], pool(taps.feats["backbone.encoder.layer.1"],
+                                                       x["attention_mask"][:, :used], "mean"), atol=1e-6)
+    padded = {k: torch.cat([v, torch.zeros(4, 6, dtype=v.dtype)], 1) for k, v in x.items()}  # 6 more pad columns
+    assert torch.allclose(a.eval()(**padded), a(**x), atol=1e-5)  # trimming changes no output
     embedder = build_model("hf", num_classes=3, input_shape=(1,), config=TINY, head=False, pooling="cls")
     assert embedder(**x).shape == (4, 32) and embedder.fc is None
 

@@ -47,10 +47,13 @@ def test_attention_probabilities_are_tapped_with_eager_attention_and_refused_wit
     path = "backbone.encoder.layer.1.attention.self:1"
     with FeatureTaps(eager, [path]) as taps:
         eager(**x)
-    att = taps.feats[path]  # (B, heads, T, T)
-    assert att.shape == (3, 2, 10, 10)
-    assert torch.allclose(att.sum(-1), torch.ones(3, 2, 10), atol=1e-5)  # rows are distributions
-    assert float(att.detach()[0, :, :, x["attention_mask"][0] == 0].abs().max()) < 1e-6  # padding gets no attention
+    att = taps.feats[path]  # (B, heads, T, T), T: the batch's longest sentence
+    t = int(x["attention_mask"].sum(1).max())
+    assert att.shape == (3, 2, t, t)
+    assert torch.allclose(att.sum(-1), torch.ones(3, 2, t), atol=1e-5)  # rows are distributions
+    pad = x["attention_mask"][:, :t] == 0
+    assert bool(pad.any()) and float(att.detach().permute(0, 1, 3, 2)[pad.nonzero(as_tuple=True)[0], :,
+                                     pad.nonzero(as_tuple=True)[1]].abs().max()) < 1e-6  # padding: no attention
     sdpa = build_model("hf", num_classes=2, input_shape=(1,), config=TINY, attn_implementation="sdpa").eval()
     with pytest.raises(DistillError, match="attn_implementation: eager"), FeatureTaps(sdpa, [path]):
         sdpa(**x)

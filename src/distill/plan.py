@@ -119,9 +119,11 @@ def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
     weights = load_model_weights(model, spec.weights, "teacher") if spec.weights else None
     # keys added later are left out while unset, so existing caches keep their fingerprints
     identity = spec.model_dump(mode="json", exclude={"train", "weights"}
-                               | {k for k in ("classes", "resize", "resize_margin") if getattr(spec, k) is None})
+                               | {k for k in ("classes", "resize", "resize_margin", "pretrained")
+                                  if getattr(spec, k) is None})
+    as_is = weights is not None or bool(spec.pretrained)  # nothing to train: loaded, or built trained
     return TeacherPart(model, identity, normalize=spec.normalize.pair() if spec.normalize else normalize,
-                       inputs=spec.inputs, weights=weights, train=None if weights else spec.train or train,
+                       inputs=spec.inputs, weights=weights, train=None if as_is else spec.train or train,
                        resize=tuple(spec.resize) if spec.resize else None, margin=spec.resize_margin or 0)
 
 

@@ -108,6 +108,8 @@ class ModelSpec(_Open):
     normalize: NormSpec | None = None
     train: TrainSpec | None = None
     inputs: str | list[str] | None = None  # dict inputs: the key(s) this model reads (default: the whole input)
+    # a teacher built with its trained weights (an hf `path`, an external model that loads its own): used as is
+    pretrained: bool | None = None
 
 
 class MethodSpec(_Open):

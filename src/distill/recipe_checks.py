@@ -43,6 +43,9 @@ def check_components(recipe: Recipe, singular: bool) -> None:
 def _check_preprocessing(recipe: Recipe) -> None:
     """normalize / resize / resize_margin apply to a pretrained teacher only."""
     for spec in (recipe.teacher, *(recipe.teachers or {}).values()):
+        if spec and spec.pretrained and spec.train is not None:
+            raise DistillError("teacher.pretrained: true uses the teacher as built, so it has no train section")
+        spec = spec if spec is None or not spec.pretrained else spec.model_copy(update={"weights": "pretrained"})
         if spec and spec.weights is None and spec.normalize is not None:
             raise DistillError("teacher.normalize applies to a pretrained teacher (teacher.weights); "
                                "a teacher trained here uses data.normalize")
@@ -53,6 +56,9 @@ def _check_preprocessing(recipe: Recipe) -> None:
                                                         2 * spec.resize_margin >= min(spec.resize)):
             raise DistillError(f"teacher.resize_margin {spec.resize_margin}: needs teacher.resize, more than twice "
                                "the margin in every dimension")
+    if any(spec.pretrained for spec in (recipe.student, *(recipe.peers or {}).values())):
+        raise DistillError("student.pretrained: only a teacher is used as built; a student always trains (its "
+                           "starting weights: student.weights, or the builder's own, e.g. an hf path)")
     if recipe.student.resize is not None or recipe.student.resize_margin is not None:
         raise DistillError("student.resize / resize_margin: only a teacher is fed resized inputs (the student reads "
                            "the data as is)")

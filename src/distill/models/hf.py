@@ -54,7 +54,19 @@ def fields(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
             out[name] = value
     if "input_ids" not in out:
         raise DistillError(f"model 'hf' reads 'input_ids' (and 'attention_mask'); the batch has {sorted(kwargs)}")
-    return out
+    return trim(out)
+
+
+def trim(f: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the padding columns that no sentence of this batch uses: a dataset is padded to its longest text,
+    a batch of short ones need not pay for it (outputs are unchanged: padding is masked everywhere)."""
+    mask = f.get("attention_mask")
+    if mask is None or mask.dim() != 2 or mask.shape[1] == 0:
+        return f
+    used = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+    if used == mask.shape[1]:
+        return f
+    return {k: v[:, :used] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v for k, v in f.items()}
 
 
 class Pool(nn.Module):
