@@ -187,3 +187,41 @@ def test_agreement_is_one_for_the_teacher_itself_and_low_for_noise() -> None:
     assert same["spearman_teacher"] == pytest.approx(1.0) and same["cosine_teacher"] == pytest.approx(1.0)
     noise = agreement(torch.randn(200, 5), t)
     assert abs(noise["spearman_teacher"]) < 0.1 and "cosine_teacher" not in noise  # widths differ: no cosine
+
+
+def _text_recipe(tmp_path: Path, **over: object) -> dict:
+    from test_text import BERT, WORDS, _corpus, _tokenizer
+
+    tok = _tokenizer(tmp_path / "tok", WORDS)
+    raw = {"name": "t", "output_dir": str(tmp_path / "out"), "eval": {"latency": False},
+           "data": {"name": "text", "path": str(_corpus(tmp_path / "c.jsonl")), "tokenizer": tok,
+                    "labels_per_class": 5, "batch_size": 32},
+           "teacher": {"name": "hf", "config": BERT, "attn_implementation": "eager", "pretrained": True},
+           "student": {"name": "hf", "config": {**BERT, "num_attention_heads": 1}, "attn_implementation": "eager"},
+           "method": {"name": "tinybert", "student_layers": [0], "teacher_layers": [1]},
+           "train": {"epochs": 1}}
+    return {**raw, **over}
+
+
+def test_cli_refuses_a_student_that_cannot_be_tapped_as_asked_before_training(tmp_path: Path, capsys) -> None:
+    from helpers import cli, write_recipe
+
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, _text_recipe(tmp_path))))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "student's layer has 1 heads" in err and "teacher's 2" in err
+    assert not (tmp_path / "out" / "student" / "model.safetensors").exists()
+    assert not (tmp_path / "out" / "teacher").exists()  # pretrained: true, so no teacher was trained either
+
+
+def test_a_pretrained_teacher_is_used_as_built_and_only_a_teacher_can_be(tmp_path: Path, capsys) -> None:
+    from helpers import cli, write_recipe
+
+    raw = _text_recipe(tmp_path, method={"name": "kd"}, student={"name": "hf", "config": SMALL | {"vocab_size": 32}})
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 0, err
+    assert not (tmp_path / "out" / "teacher").exists()  # nothing trained: the teacher as built
+    bad = [({"teacher": {**raw["teacher"], "train": {"epochs": 1}}}, "teacher.pretrained: true uses the teacher"),
+           ({"student": {**raw["student"], "pretrained": True}}, "student.pretrained: only a teacher")]
+    for over, message in bad:
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, {**raw, **over})))
+        assert code == 2 and message in err and err.count("\n") == 1, err
