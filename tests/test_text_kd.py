@@ -225,3 +225,13 @@ def test_a_pretrained_teacher_is_used_as_built_and_only_a_teacher_can_be(tmp_pat
     for over, message in bad:
         code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, {**raw, **over})))
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_inspect_probes_a_text_model_on_real_token_fields(tmp_path: Path, capsys) -> None:
+    from helpers import cli, write_recipe
+
+    raw = _text_recipe(tmp_path)
+    code, out, err = cli(capsys, "inspect", str(write_recipe(tmp_path, raw)), "--role", "teacher")
+    assert code == 0, err
+    assert "backbone.encoder.layer.1.attention.self" in out and "pool " in out
+    assert "input input_ids (B, " in out and "attention_mask (B, " in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,12 +87,13 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
         spec = recipe.teacher if role == "teacher" else recipe.student
         if spec is None:
             raise DistillError(f"{target} has no '{role}' section")
+        from distill.data.stream import head
+        from distill.models import select
+
         data = load_data(recipe, label_budget=False)
         model = build_arch(spec, data, recipe.seed)
-        shape = data.shape_for(spec.inputs)
-        if shape is None:
-            raise DistillError(f"inspect probes a model with one input tensor; this {role} reads {spec.inputs!r} of "
-                               "a dict input")
+        sample = select(head(data.train, 2), spec.inputs, role)  # real samples: a dict of fields for text
+        return format_probe(probe(model, sample), model) + "\n" + _summary(model, _sample_shape(sample))
     else:
         args = dict(_kv(item) for item in kwargs)
         shape = _shape(input_shape)
@@ -119,9 +121,17 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _summary(model: nn.Module, shape: tuple[int, ...]) -> str:
+def _sample_shape(sample: Any) -> str:
+    """'(B, 1, 28, 28)', or 'input_ids (B, 64), attention_mask (B, 64)' for a dict of fields."""
+    if isinstance(sample, dict):
+        return ", ".join(f"{k} (B, {', '.join(map(str, v.shape[1:]))})" for k, v in sample.items())
+    return f"(B, {', '.join(map(str, sample.shape[1:]))})"
+
+
+def _summary(model: nn.Module, shape: tuple[int, ...] | str) -> str:
     params = sum(p.numel() for p in model.parameters())
-    return f"{type(model).__name__}: {params:,} parameters, input (B, {', '.join(map(str, shape))})"
+    text = shape if isinstance(shape, str) else f"(B, {', '.join(map(str, shape))})"
+    return f"{type(model).__name__}: {params:,} parameters, input {text}"
 
 
 def build_cache(recipe: Recipe) -> str:

@@ -134,8 +134,9 @@ class FeatureTaps:
         self._feats = {}
 
 
-def probe(model: nn.Module, sample: Tensor) -> dict[str, tuple[int, ...]]:
-    """Dry-run ``model`` on ``sample`` (a batch) in eval mode without grad; return {path: output shape}.
+def probe(model: nn.Module, sample: Tensor | dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """Dry-run ``model`` on ``sample`` (a batch, or a dict of batched fields passed as keyword arguments) in eval
+    mode without grad; return {path: output shape}.
 
     Every submodule that runs is listed in first-call order (a container before its children); the root
     and modules that never run are left out. Tuple outputs report their first tensor. Each module's
@@ -152,7 +153,7 @@ def probe(model: nn.Module, sample: Tensor) -> dict[str, tuple[int, ...]]:
     try:
         model.eval()
         with torch.no_grad():
-            model(sample)
+            model(**sample) if isinstance(sample, dict) else model(sample)  # a dict of fields: token ids, ...
     finally:
         for handle in handles:
             handle.remove()
