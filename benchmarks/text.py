@@ -192,11 +192,16 @@ def main_cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default=",".join(RECIPES), help="students to run (comma-separated)")
+    ap.add_argument("--runs-only", action="store_true", help="train only (e.g. two processes, one per core)")
     args = ap.parse_args()
     if not TEACHER.is_file():
         if main(["teacher", str(ROOT / "recipes" / "rotten-tomatoes-minilm.yaml")]) != 0:
             raise SystemExit("the classification teacher failed to train")
-    runs = {s: [run_seed(s, k) for k in range(args.seeds)] for s in args.only.split(",")}
+    students = args.only.split(",")
+    per_seed = [{s: run_seed(s, k) for s in students} for k in range(args.seeds)]  # every student, seed by seed
+    if args.runs_only:
+        return
+    runs = {s: [r[s] for r in per_seed] for s in students}
     texts, labels = _texts()
     m2v, model = model2vec_scores(texts, labels)
     lat = latencies(texts["test"], model)

@@ -235,3 +235,26 @@ def test_inspect_probes_a_text_model_on_real_token_fields(tmp_path: Path, capsys
     assert code == 0, err
     assert "backbone.encoder.layer.1.attention.self" in out and "pool " in out
     assert "input input_ids (B, " in out and "attention_mask (B, " in out
+
+
+def test_group_by_length_sorts_chunks_of_50_batches_and_keeps_every_row_once() -> None:
+    from distill.data.base import ArrayDataset
+    from distill.data.loader import BatchLoader, token_lengths
+
+    x, y = _tokens(1000, t=12)
+    ds = ArrayDataset(x, y)
+    lengths = token_lengths(ds)
+    assert torch.equal(lengths, x["attention_mask"].sum(1))
+    plain = BatchLoader(ds, 4, shuffle=True, seed=3)
+    grouped = BatchLoader(ds, 4, shuffle=True, seed=3, lengths=lengths)
+    a, b = plain.order(), grouped.order()
+    assert sorted(a.tolist()) == sorted(b.tolist()) == list(range(1000))  # a permutation: every row once
+    for lo in range(0, 1000, 200):  # each chunk of 50 batches: the same rows, longest first
+        assert set(a[lo:lo + 200].tolist()) == set(b[lo:lo + 200].tolist())
+        assert bool((lengths[b[lo:lo + 200]].diff() <= 0).all())
+    spread = [float(lengths[batch.index].max() - lengths[batch.index].min()) for batch in grouped]
+    assert sum(spread) < 0.2 * sum(float(lengths[batch.index].max() - lengths[batch.index].min()) for batch in plain)
+    grouped.set_epoch(1)
+    assert not torch.equal(grouped.order(), b)  # still reshuffled per epoch
+    with pytest.raises(DistillError, match="group_by_length needs token fields"):
+        token_lengths(ArrayDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)))

@@ -77,6 +77,7 @@ class Plan:
     compare: bool = True
     latency: bool = True
     embeddings: dict[str, str] | None = None  # eval.embeddings: tap paths whose features the report probes
+    group_by_length: bool = False  # data.group_by_length: training batches of similar token counts
     identity: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe | None = None  # the recipe this plan was built from (or that a Python run is equivalent to)
     strategy: Strategy | None = None  # who teaches whom; None: offline
@@ -104,6 +105,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                 student=build_arch(recipe.student, data, recipe.seed), methods=build_methods(recipe),
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
+                group_by_length=bool(recipe.data.group_by_length),
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
                 embeddings=recipe.eval.embeddings,
                 identity=recipe_identity(recipe), recipe=recipe,
@@ -131,7 +133,8 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What shapes a recipe's training: the recipe minus where its outputs go and how they are shown."""
     body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
-    for part, key in (("data", "augment"), ("data", "workers"), ("data", "classes"), ("teacher", "inputs"),
+    for part, key in (("data", "augment"), ("data", "workers"), ("data", "classes"), ("data", "group_by_length"),
+                      ("teacher", "pretrained"), ("student", "pretrained"), ("teacher", "inputs"),
                       ("student", "inputs"), ("teacher", "classes"), ("student", "classes"), ("teacher", "resize"),
                       ("student", "resize"), ("teacher", "resize_margin"), ("student", "resize_margin")):
         if isinstance(body.get(part), dict) and body[part].get(key) is None:

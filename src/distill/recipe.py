@@ -98,6 +98,8 @@ class DataSpec(_Open):
     augment: AugmentSpec | None = None
     workers: int | None = Field(None, ge=0)  # DataLoader workers for streamed datasets (default: 2)
     classes: list[int] | None = None  # keep these classes only, relabelled 0..n-1 (a task of its own)
+    # text: batches of similar length (shuffled chunks of 50 batches, sorted by token count), less padding
+    group_by_length: bool | None = None
 
 
 class ModelSpec(_Open):

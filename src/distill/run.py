@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from distill.cache import prepare_cache
 from distill.data import BatchLoader, DataSplits, StreamDataset, head
+from distill.data.loader import token_lengths
 from distill.engine import FitJob, fit
 from distill.engine.dist import (
     agree,
@@ -179,7 +180,8 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     device = local_device(plan.device)
     loader = BatchLoader(ds, plan.batch_size, shuffle=True, seed=plan.seed, epoch_size=epoch_size,
                          augment=plan.augment, views=views, rank=rank(), world=world_size(),
-                         pin_memory=device.startswith("cuda"))
+                         pin_memory=device.startswith("cuda"),
+                         lengths=token_lengths(ds) if plan.group_by_length else None)
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
                  evaluate=evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs),

@@ -35,6 +35,9 @@ class BatchLoader:
     augment: inputs become ``augment(x, index, view)`` with ``view = view_of(epoch)``; each batch carries its
         view. ``views``: cycle through views ``0 .. views-1`` (the ones a teacher cache stores); default a
         fresh view every epoch. Without augment (or with an identity one) every batch is view 0, unchanged.
+    lengths: (N,) token counts per row (``data.group_by_length``): each shuffled chunk of 50 batches is sorted
+        by length before it is cut into batches, so a batch pads to its own longest text, not the split's
+        (Hugging Face Trainer's ``group_by_length``); the order stays a function of ``(seed, epoch)``.
     rank, world: data-parallel training. ``batch_size`` stays the global batch and must be divisible by
         ``world``; every rank computes the same global order and batches and yields the ``rank``-th of
         ``world`` contiguous chunks of each (the DistributedSampler idea, without its padding), so every rank
@@ -45,7 +48,8 @@ class BatchLoader:
 
     def __init__(self, ds: ArrayDataset | StreamDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_size: int | None = None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None, rank: int = 0, world: int = 1, pin_memory: bool = False) -> None:
+                 views: int | None = None, rank: int = 0, world: int = 1, pin_memory: bool = False,
+                 lengths: Tensor | None = None) -> None:
         if len(ds) == 0:
             raise DistillError("cannot batch an empty dataset")
         if batch_size < 1:
@@ -70,6 +74,7 @@ class BatchLoader:
         self.rank, self.world = rank, world
         self.epoch = 0
         self.pin_memory = pin_memory
+        self.lengths = lengths
         self._stream: Any = None  # the streamed split's DataLoader, made on first use
         self._sampler: Any = None
 
@@ -94,7 +99,8 @@ class BatchLoader:
         words = np.random.SeedSequence([self.seed % 2**63, self.epoch % 2**63]).generate_state(2)
         gen = torch.Generator().manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
         perms = [torch.randperm(n, generator=gen) for _ in range(reps)]
-        return torch.cat(perms)[: self.epoch_size]
+        order = torch.cat(perms)[: self.epoch_size]
+        return order if self.lengths is None else by_length(order, self.lengths, 50 * self.batch_size)
 
     def __len__(self) -> int:
         """Batches (optimizer steps) per epoch; the same on every rank."""
@@ -151,6 +157,23 @@ class BatchLoader:
         lo, hi = self.chunk(b)
         labelled = int((self.ds.y[order[start:stop]] >= 0).sum())
         return labelled * (hi - lo) / (stop - start)
+
+
+def by_length(order: Tensor, lengths: Tensor, chunk: int) -> Tensor:
+    """``order`` with each run of ``chunk`` positions sorted by ``lengths`` of its rows, longest first (stable)."""
+    parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
+    return torch.cat([p[torch.sort(lengths[p], descending=True, stable=True).indices] for p in parts])
+
+
+def token_lengths(ds: Any) -> Tensor:
+    """(N,) real tokens per row: the largest attention-mask count over the split's token fields."""
+    x = getattr(ds, "x", None)
+    masks = [v for k, v in x.items() if k.replace("/", ".").rsplit(".", 1)[-1] == "attention_mask"] \
+        if isinstance(x, dict) else []
+    if not masks:
+        raise DistillError("data.group_by_length needs token fields with an attention_mask (a text dataset held in "
+                           "memory)")
+    return torch.stack([m.sum(1) for m in masks]).amax(0)
 
 
 class _EpochBatches:
