@@ -254,6 +254,10 @@ def test_group_by_length_sorts_chunks_of_50_batches_and_keeps_every_row_once() -
         assert bool((lengths[b[lo:lo + 200]].diff() <= 0).all())
     spread = [float(lengths[batch.index].max() - lengths[batch.index].min()) for batch in grouped]
     assert sum(spread) < 0.2 * sum(float(lengths[batch.index].max() - lengths[batch.index].min()) for batch in plain)
+    small = BatchLoader(ArrayDataset({k: v[:40] for k, v in x.items()}, y[:40]), 8, shuffle=True, seed=0,
+                        epoch_size=400, lengths=lengths[:40])
+    for batch in small:  # a 40-row labelled set repeated to 400 samples: sorted per repetition
+        assert len(set(batch.index.tolist())) == len(batch.index)
     grouped.set_epoch(1)
     assert not torch.equal(grouped.order(), b)  # still reshuffled per epoch
     with pytest.raises(DistillError, match="group_by_length needs token fields"):

@@ -35,9 +35,11 @@ class BatchLoader:
     augment: inputs become ``augment(x, index, view)`` with ``view = view_of(epoch)``; each batch carries its
         view. ``views``: cycle through views ``0 .. views-1`` (the ones a teacher cache stores); default a
         fresh view every epoch. Without augment (or with an identity one) every batch is view 0, unchanged.
-    lengths: (N,) token counts per row (``data.group_by_length``): each shuffled chunk of 50 batches is sorted
-        by length before it is cut into batches, so a batch pads to its own longest text, not the split's
-        (Hugging Face Trainer's ``group_by_length``); the order stays a function of ``(seed, epoch)``.
+    lengths: (N,) token counts per row (``data.group_by_length``): each shuffled chunk of 50 batches of a
+        permutation is sorted by length before it is cut into batches, so a batch pads to its own longest text,
+        not the split's (Hugging Face Trainer's ``group_by_length``); the order stays a function of
+        ``(seed, epoch)``, and a split smaller than the epoch is sorted per repetition (no duplicate rows in a
+        batch).
     rank, world: data-parallel training. ``batch_size`` stays the global batch and must be divisible by
         ``world``; every rank computes the same global order and batches and yields the ``rank``-th of
         ``world`` contiguous chunks of each (the DistributedSampler idea, without its padding), so every rank
@@ -99,8 +101,9 @@ class BatchLoader:
         words = np.random.SeedSequence([self.seed % 2**63, self.epoch % 2**63]).generate_state(2)
         gen = torch.Generator().manual_seed(int(words[0]) << 31 | int(words[1]) >> 1)
         perms = [torch.randperm(n, generator=gen) for _ in range(reps)]
-        order = torch.cat(perms)[: self.epoch_size]
-        return order if self.lengths is None else by_length(order, self.lengths, 50 * self.batch_size)
+        if self.lengths is not None:  # per permutation: a batch never holds two copies of a small split's row
+            perms = [by_length(p, self.lengths, 50 * self.batch_size) for p in perms]
+        return torch.cat(perms)[: self.epoch_size]
 
     def __len__(self) -> int:
         """Batches (optimizer steps) per epoch; the same on every rank."""
