@@ -10,7 +10,7 @@ import torch
 from distill.engine import setup_methods
 from distill.methods import METHODS, MethodSet, build_method
 from distill.methods.kd import kd_loss, standardize_logits
-from distill.models import FrozenTeacher, build_model
+from distill.models import FrozenTeacher, build_model, feed
 from distill.taps import FeatureTaps
 from distill.types import UNLABELLED, Batch, ModelOutput, StepContext
 
@@ -113,29 +113,50 @@ def test_method_set_sums_weighted_terms() -> None:
     assert sum(v.item() for v in out.terms.values()) == pytest.approx(out.loss.item(), rel=1e-6)
 
 
+# methods made for transformers (their default taps are a transformer's layers and pooled embedding): their
+# contract runs on a config-built BERT pair (6-layer teacher, 3-layer student, eager attention)
+TEXT_METHODS = {"embedding", "tinybert"}
+
+
+def _pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(student, teacher, a batch of 6 inputs) for the contract test of method ``name``."""
+    if name not in TEXT_METHODS:
+        return (build_model("resnet8", num_classes=4, input_shape=(3, 16, 16)),
+                build_model("resnet14", num_classes=4, input_shape=(3, 16, 16)), torch.randn(6, 3, 16, 16))
+    pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    bert = {"model_type": "bert", "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 6,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 16}
+    student = build_model("hf", num_classes=4, input_shape=(1,), config={**bert, "num_hidden_layers": 3},
+                          attn_implementation="eager")
+    teacher = build_model("hf", num_classes=4, input_shape=(1,), config={**bert, "hidden_size": 32},
+                          attn_implementation="eager")
+    return student, teacher, {"input_ids": torch.randint(1, 50, (6, 8)), "attention_mask": torch.ones(6, 8).long()}
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_contract_on_zoo_models(name: str) -> None:
-    """Default kwargs on unmodified zoo models: finite loss, gradients reach the student and the method's
-    connectors, none reach the teacher, and the teacher stays in eval mode."""
+    """Default kwargs on unmodified zoo models (transformers for the text methods): finite loss, gradients reach
+    the student and the method's connectors, none reach the teacher, and the teacher stays in eval mode."""
     torch.manual_seed(0)
-    student = build_model("resnet8", num_classes=4, input_shape=(3, 16, 16))
-    raw_teacher = build_model("resnet14", num_classes=4, input_shape=(3, 16, 16))
+    student, raw_teacher, x = _pair(name)
     teacher = FrozenTeacher(raw_teacher)
     methods = MethodSet([build_method("ce"), build_method(name)])
-    x = torch.randn(6, 3, 16, 16)
-    setup_methods(methods, student, teacher, x[:2], num_samples=6, num_classes=4)
+    first = {k: v[:2] for k, v in x.items()} if isinstance(x, dict) else x[:2]
+    setup_methods(methods, student, teacher, first, num_samples=6, num_classes=4)
     student.train()
     methods.train()
     teacher.train()  # an engine calling .train() on everything must not flip the teacher
     batch = Batch(x, torch.tensor([0, 1, UNLABELLED, 3, 2, 1]), torch.arange(6))
     with FeatureTaps(student, methods.student_taps) as s_taps, FeatureTaps(raw_teacher, methods.teacher_taps) as t_taps:
-        s_out = ModelOutput(student(x), dict(s_taps.feats))
+        s_out = ModelOutput(feed(student, x), dict(s_taps.feats))
         t_out = ModelOutput(teacher(x), dict(t_taps.feats)) if methods.needs_teacher else None
     out = methods(s_out, t_out, batch, CTX)
     assert torch.isfinite(out.loss)
     assert sum(v.item() for v in out.terms.values()) == pytest.approx(out.loss.item(), rel=1e-4, abs=1e-5)
     out.loss.backward()
-    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) > 0.9 * sum(
+        p.numel() for p in student.parameters())  # (a transformer's unused CLS pooler is frozen)
     trainable = [(n, p) for n, p in methods.named_parameters() if p.requires_grad]
     assert all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
     assert all(p.grad is None for p in raw_teacher.parameters())

@@ -86,6 +86,9 @@ class HFEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, pooling: str, head: bool) -> None:
         super().__init__()
         self.backbone = backbone
+        pooler = getattr(backbone, "pooler", None)
+        if isinstance(pooler, nn.Module):  # BERT's own CLS pooler: never run by `pool`, so frozen (DDP needs every
+            pooler.requires_grad_(False)  # trainable parameter used); kept so checkpoints load either way
         self.pool = Pool(pooling)
         self.fc = nn.Linear(backbone.config.hidden_size, num_classes) if head else None
 
