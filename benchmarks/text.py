@@ -196,14 +196,18 @@ def main_cli() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default=",".join(RECIPES), help="students to run (comma-separated)")
     ap.add_argument("--runs-only", action="store_true", help="train only (e.g. two processes, one per core)")
+    ap.add_argument("--first-seed", type=int, default=0, help="with --runs-only: start at this seed")
     args = ap.parse_args()
     if not TEACHER.is_file():
         if main(["teacher", str(ROOT / "recipes" / "rotten-tomatoes-minilm.yaml")]) != 0:
             raise SystemExit("the classification teacher failed to train")
     students = args.only.split(",")
-    per_seed = [{s: run_seed(s, k) for s in students} for k in range(args.seeds)]  # every student, seed by seed
     if args.runs_only:
+        for k in range(args.first_seed, args.seeds):
+            for s in students:
+                run_seed(s, k)
         return
+    per_seed = [{s: run_seed(s, k) for s in students} for k in range(args.seeds)]  # every student, seed by seed
     runs = {s: [r[s] for r in per_seed] for s in students}
     texts, labels = _texts()
     m2v, model = model2vec_scores(texts, labels)
