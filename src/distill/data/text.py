@@ -59,12 +59,6 @@ def rotten_tomatoes_rows() -> tuple[list[tuple[str, str]], list[str]]:
     return [(r["text"], r["category"]) for r in raw], [r["movie_name"] for r in raw]
 
 
-def split_texts(rows: list[tuple[str, str]], groups: list[str]) -> dict[str, list[str]]:
-    """The texts of each split ("train", "val", "test") in the order the dataset holds them."""
-    val, test, train = group_split(groups)
-    return {name: [rows[int(i)][0] for i in idx] for name, idx in (("train", train), ("val", val), ("test", test))}
-
-
 def read_rows(path: Path, text: str, label: str) -> list[tuple[str, str]]:
     """(text, label) pairs from a CSV / JSON-lines file or a folder of class folders of .txt files."""
     if path.is_dir():

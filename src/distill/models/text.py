@@ -4,7 +4,7 @@ Both read the dict batch an ``hf`` model reads (``input_ids`` and ``attention_ma
 see :func:`distill.models.hf.fields`), so they take the teacher's tokenisation and distil from a transformer.
 
 - ``static`` (Model2Vec's kind of model, trained here by distillation): a token-embedding table and a masked mean
-  (``pool``, tapped as the sentence embedding), no attention; with ``classes``, a Linear head ``fc``.
+  (``pool``, tapped as the sentence embedding), no attention; a Linear head ``fc`` unless ``head: false``.
 - ``bilstm`` (Tang et al. 2019, "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks"): token
   embeddings, a one-layer bidirectional LSTM, max-pooling over the real tokens, a ReLU hidden layer and ``fc``.
 
