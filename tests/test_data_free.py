@@ -199,7 +199,9 @@ def test_student_never_receives_a_real_training_input(tmp_path: Path, mlp_teache
     student_inputs: list[tuple[int, ...]] = []
     plan.student.register_forward_pre_hook(lambda _, args: student_inputs.append(tuple(args[0].shape[1:])))
     outcome = distill.execute(plan, log=lambda _: None)
-    assert len(seen) == 2 * 10  # 2 epochs of 10 generated batches: the loader yields latent codes, nothing else
+    # 2 epochs of 10 generated batches, plus the 2 the loss-scale check peeks at before training: the loader
+    # yields latent codes, nothing else
+    assert len(seen) == 2 * 10 + 2
     assert all(x.shape[1:] == (16,) for x in seen)
     train_x = plan.data.train.x.flatten(1)
     assert not any((train_x == row).all(dim=1).any() for x in seen for row in x.flatten(1)[:, :1])

@@ -207,7 +207,7 @@ def _crd_steps(index_chunks: list[torch.Tensor], feats: list[tuple[torch.Tensor,
     """Three CRD steps, each loss weighted by its share (as the engine does); returns (losses, embedding-head
     gradients summed over steps, the method)."""
     torch.manual_seed(0)  # banks, heads and negatives: the same draws on every rank
-    crd = CRD(feat_dim=8, nce_k=16)
+    crd = CRD(student_layers=["fc:input"], teacher_layers=["fc:input"], feat_dim=8, nce_k=16)
     crd.setup(SetupContext({"fc:input": (2, 6)}, {"fc:input": (2, 5)}, num_samples=40, num_classes=3))
     ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=3)
     losses = []

@@ -31,7 +31,7 @@ def _dot(a: list[float], b: list[float]) -> float:
 
 
 def _hkd(n: int, s_dim: int = 5, t_dim: int = 6, **kwargs: object) -> HKD:
-    method = HKD(**kwargs)
+    method = HKD(student_layers=[EMB], teacher_layers=[EMB], **kwargs)  # defaults are `auto` (engine-resolved)
     method.setup(SetupContext({EMB: (2, s_dim)}, {EMB: (2, t_dim)}, num_samples=n, num_classes=3))
     return method
 
@@ -163,12 +163,17 @@ def test_gradients_reach_the_student_and_heads_but_never_the_teacher_features() 
 
 def test_registration_validation_and_small_batches() -> None:
     assert METHODS.get("hkd") is HKD and isinstance(build_method("hkd"), HKD)
-    assert build_method("hkd").spec() == {"name": "hkd", "student_layers": [EMB], "teacher_layers": [EMB],
+    assert build_method("hkd").spec() == {"name": "hkd", "student_layers": "auto", "teacher_layers": "auto",
                                           "feat_dim": 128, "knn": 8, "nce_k": 4096, "nce_t": 0.07, "nce_m": 0.9,
                                           "smooth_m": 0.75, "beta": 3.0, "graph": "own"}
-    for bad in ({"graph": "student"}, {"student_layers": ["a", "b"]}, {"knn": 0}, {"nce_t": 0.0}):
+    assert build_method("hkd").needs.student_taps == ("auto",)  # placeholder until the engine resolves it
+    for bad in ({"graph": "student"}, {"knn": 0}, {"nce_t": 0.0}):
         with pytest.raises(DistillError):
             HKD(**bad)
+    with pytest.raises(DistillError, match="one layer each"):
+        HKD(student_layers=["a", "b"], teacher_layers=["c", "d"])
+    with pytest.raises(DistillError, match="both are 'auto'"):
+        HKD(student_layers=["a"])
     with pytest.raises(DistillError, match="setup"):
         HKD()(*_outs(torch.randn(2, 5), torch.randn(2, 6), torch.randn(2, 3), torch.randn(2, 3)), _batch([0, 1]), CTX)
     method = _hkd(4)

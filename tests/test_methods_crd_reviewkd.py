@@ -21,7 +21,7 @@ EMB = "fc:input"
 
 
 def _crd(n: int, s_dim: int = 5, t_dim: int = 6, **kwargs: object) -> crd_mod.CRD:
-    method = crd_mod.CRD(**kwargs)
+    method = crd_mod.CRD(student_layers=[EMB], teacher_layers=[EMB], **kwargs)  # defaults are `auto` (engine-resolved)
     method.setup(SetupContext({EMB: (2, s_dim)}, {EMB: (2, t_dim)}, num_samples=n, num_classes=3))
     return method
 
@@ -175,7 +175,7 @@ def test_crd_flattens_maps_clamps_k_and_reports_bad_input() -> None:
     with pytest.raises(DistillError, match="batch.index"):
         _crd(5)(*_outs(torch.randn(2, 5), torch.randn(2, 6)), _batch([0, 5]), CTX)
     with pytest.raises(DistillError, match="one layer"):
-        crd_mod.CRD(student_layers=["a", "b"])
+        crd_mod.CRD(student_layers=["a", "b"], teacher_layers=["t"])
 
 
 # ------------------------------------------------------------------------------------------ ReviewKD
@@ -286,8 +286,11 @@ def test_reviewkd_warmup_schedule() -> None:
 def test_reviewkd_rejects_unpaired_layers_and_missing_setup() -> None:
     with pytest.raises(DistillError, match="paired"):
         reviewkd_mod.ReviewKD(student_layers=["a", "b"], teacher_layers=["a"])
-    method = reviewkd_mod.ReviewKD()
-    assert method.needs.student_taps == ("layer1", "layer2", "layer3", "fc:input")
+    # layers default to `auto`: placeholder taps until the engine resolves them (the pairs: test_stages.py)
+    assert reviewkd_mod.ReviewKD().needs.student_taps == ("auto",)
+    layers = ["layer1", "layer2", "layer3", "fc:input"]
+    method = reviewkd_mod.ReviewKD(student_layers=layers, teacher_layers=layers)
+    assert method.needs.student_taps == tuple(layers) and method.needs.teacher_taps == tuple(layers)
     with pytest.raises(DistillError, match="setup"):
         method(ModelOutput(torch.zeros(2, 3)), ModelOutput(torch.zeros(2, 3)), _batch([0, 1]), CTX)
     with pytest.raises(DistillError, match="'layer9'"):

@@ -189,7 +189,13 @@ LAYOUT: dict[str, tuple[list[tuple[int, ...]], list[tuple[int, ...]]]] = {
 }
 
 
+# ab and fsp are initialisation-stage methods by default (main=False: a zero main-stage loss); the tests of their
+# main-stage forward keep them in the main objective.
+MAIN = {"ab": {"main": True}, "fsp": {"main": True}}
+
+
 def _build(key: str, **kwargs: object) -> tuple[nn.Module, ModelOutput, ModelOutput, list[torch.Tensor]]:
+    kwargs = {**MAIN.get(key, {}), **kwargs}
     s_shapes, t_shapes = LAYOUT[key]
     s_paths = [f"s{i}" for i in range(len(s_shapes))]
     t_paths = [f"t{i}" for i in range(len(t_shapes))]
@@ -242,9 +248,13 @@ def test_layer_count_mismatch_is_an_error_at_construction(key: str) -> None:
 @pytest.mark.parametrize("key", ["fitnet", "fsp", "ab", "vid", "ofd", "ft"])
 def test_forward_before_setup_is_explained(key: str) -> None:
     method, s_out, t_out, _ = _build(key)
-    fresh = build_method(key, student_layers=list(s_out.feats), teacher_layers=list(t_out.feats))
+    fresh = build_method(key, student_layers=list(s_out.feats), teacher_layers=list(t_out.feats), **MAIN.get(key, {}))
     with pytest.raises(RuntimeError, match="setup"):
         fresh(s_out, t_out, BATCH, CTX)
+    if key in MAIN:  # the initialisation stage (their default) explains it too
+        init = build_method(key, student_layers=list(s_out.feats), teacher_layers=list(t_out.feats))
+        with pytest.raises(RuntimeError, match="setup"):
+            init.pretrain_loss(s_out, t_out, BATCH, CTX)
 
 
 @pytest.mark.parametrize("key", ["at", "nst"])
@@ -304,3 +314,9 @@ def test_fsp_needs_two_layers_and_ab_weights_layers() -> None:
     feats = [(s_out.feats[f"s{k}"], t_out.feats[f"t{k}"]) for k in range(2)]
     per = [ab_loss(conn(fs), ft, 1.0).item() for conn, (fs, ft) in zip(method.connectors, feats)]
     assert method(s_out, t_out, BATCH, CTX).loss.item() == pytest.approx(0.5 * per[0] + per[1], rel=1e-5)
+    # the initialisation stage carries the same weighted loss; by default (main=False) the main stage has none
+    assert method.pretrain_loss(s_out, t_out, BATCH, CTX).loss.item() == pytest.approx(0.5 * per[0] + per[1],
+                                                                                       rel=1e-5)
+    init, s_out, t_out, _ = _build("ab", beta=1.0, margin=1.0, main=False)
+    out = init(s_out, t_out, BATCH, CTX)
+    assert out.loss.item() == 0.0 and out.terms == {}

@@ -3,6 +3,7 @@ re-derivations (loops, numpy) and the properties their papers claim."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -55,10 +56,15 @@ def test_all_registered_constructible_with_defaults_and_annotated_kwargs() -> No
     for key, cls in KEYS.items():
         assert METHODS.get(key) is cls
         assert isinstance(cls(), cls)
+        params = inspect.signature(cls.__init__).parameters
+        assert all(p.annotation is not p.empty for n, p in params.items() if n != "self"), key
     check_kwargs(dkd_mod.DKD, {"T": 2.0, "dkd_beta": 2.0, "warmup_epochs": 5}, "method", "dkd")
     check_kwargs(rkd_mod.RKD, {"student_layers": ["layer3"], "w_angle": 0.0}, "method", "rkd")
-    with pytest.raises(DistillError):
-        check_kwargs(kdsvd_mod.KDSVD, {"student_layers": "layer3"}, "method", "kdsvd")
+    check_kwargs(kdsvd_mod.KDSVD, {"student_layers": "auto", "teacher_layers": "auto"}, "method", "kdsvd")
+    with pytest.raises(DistillError, match="student_layers"):  # layers: a list of paths or 'auto', nothing else
+        check_kwargs(kdsvd_mod.KDSVD, {"student_layers": 3}, "method", "kdsvd")
+    with pytest.raises(DistillError, match="w_angle"):
+        check_kwargs(rkd_mod.RKD, {"w_angle": "big"}, "method", "rkd")
 
 
 # ----------------------------------------------------------------------------------------------- DKD
@@ -246,7 +252,8 @@ def test_rkd_method_weights_and_finite_gradients_with_duplicate_samples() -> Non
     fs = torch.randn(4, 3)
     fs = torch.cat([fs, fs[:1]]).requires_grad_(True)  # sample 4 duplicates sample 0: a zero distance
     ft = torch.randn(5, 6)
-    out = rkd_mod.RKD(w_dist=2.0, w_angle=3.0)(*_feats(fs, ft), _batch([0] * 5), CTX)
+    out = rkd_mod.RKD(w_dist=2.0, w_angle=3.0, student_layers=[EMB], teacher_layers=[EMB])(
+        *_feats(fs, ft), _batch([0] * 5), CTX)
     assert out.terms["rkd_dist"].item() == pytest.approx(2.0 * rkd_mod.rkd_distance_loss(fs, ft).item(), rel=1e-6)
     assert out.terms["rkd_angle"].item() == pytest.approx(3.0 * rkd_mod.rkd_angle_loss(fs, ft).item(), rel=1e-6)
     out.loss.backward()
@@ -260,9 +267,13 @@ def test_relation_methods_report_missing_taps_and_unpaired_layers() -> None:
         kdsvd_mod.KDSVD(student_layers=["layer3"], teacher_layers=["layer3"])
     for cls in (rkd_mod.RKD, sp_mod.SP, pkt_mod.PKT, cc_mod.CC):
         with pytest.raises(DistillError, match="has no feature 'fc:input'"):
-            cls()(*_feats(torch.randn(3, 2), torch.randn(3, 2), layer="other"), _batch([0, 0, 0]), CTX)
-    assert rkd_mod.RKD(student_layers=["layer3"]).needs.student_taps == ("layer3",)
-    assert rkd_mod.RKD().needs.live_teacher
+            cls(student_layers=[EMB], teacher_layers=[EMB])(
+                *_feats(torch.randn(3, 2), torch.randn(3, 2), layer="other"), _batch([0, 0, 0]), CTX)
+    with pytest.raises(DistillError, match="both are 'auto'"):  # one side given, the other left to `auto`
+        rkd_mod.RKD(student_layers=["layer3"])
+    method = rkd_mod.RKD(student_layers=["layer3"], teacher_layers=["block3"])
+    assert method.needs.student_taps == ("layer3",) and method.needs.teacher_taps == ("block3",)
+    assert rkd_mod.RKD().needs.live_teacher and rkd_mod.RKD().needs.student_taps == ("auto",)
 
 
 # ------------------------------------------------------------------------------------------------ SP
@@ -303,10 +314,10 @@ def test_pkt_loss_matches_loops_over_neighbours() -> None:
     s, t = rng.normal(size=(4, 3)), rng.normal(size=(4, 7))
     def cond(x: np.ndarray) -> np.ndarray:
         u = x / np.linalg.norm(x, axis=1, keepdims=True)
-        k = np.array([[(u[i] @ u[j] + 1) / 2 if i != j else 0.0 for j in range(4)] for i in range(4)])
+        k = np.array([[(u[i] @ u[j] + 1) / 2 for j in range(4)] for i in range(4)])  # self-pairs kept (reference)
         return k / k.sum(axis=1, keepdims=True)
     p, q = cond(t), cond(s)
-    expected = sum(p[i, j] * math.log(p[i, j] / q[i, j]) for i in range(4) for j in range(4) if i != j) / 12
+    expected = sum(p[i, j] * math.log(p[i, j] / q[i, j]) for i in range(4) for j in range(4)) / 16
     assert pkt_mod.pkt_loss(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-4)
 
 
@@ -317,7 +328,7 @@ def test_pkt_zero_for_same_cosines_invariant_to_per_sample_scale_and_weighted() 
     scaled = s * torch.rand(5, 1).add(0.5)
     assert pkt_mod.pkt_loss(scaled, t).item() == pytest.approx(pkt_mod.pkt_loss(s, t).item(), rel=1e-4)
     fs = s.clone().requires_grad_(True)
-    out = pkt_mod.PKT(beta=100.0)(*_feats(fs, t), _batch([0] * 5), CTX)
+    out = pkt_mod.PKT(beta=100.0, student_layers=[EMB], teacher_layers=[EMB])(*_feats(fs, t), _batch([0] * 5), CTX)
     assert out.terms["pkt"].item() == pytest.approx(100.0 * pkt_mod.pkt_loss(s, t).item(), rel=1e-5)
     out.loss.backward()
     assert torch.isfinite(fs.grad).all() and fs.grad.abs().sum() > 0
@@ -352,7 +363,7 @@ def test_cc_loss_by_hand_and_zero_for_same_structure() -> None:
 
 
 def test_cc_setup_builds_a_connector_that_trains_with_the_student() -> None:
-    method = cc_mod.CC(beta=1.0)
+    method = cc_mod.CC(beta=1.0, student_layers=[EMB], teacher_layers=[EMB])
     method.setup(SetupContext({EMB: (2, 5)}, {EMB: (2, 8)}, num_samples=10, num_classes=3))
     assert isinstance(method.connectors[0], torch.nn.Linear) and method.connectors[0].weight.shape == (8, 5)
     fs = torch.randn(4, 5, requires_grad=True)
@@ -360,7 +371,7 @@ def test_cc_setup_builds_a_connector_that_trains_with_the_student() -> None:
     out.loss.backward()
     assert torch.isfinite(out.loss) and fs.grad.abs().sum() > 0
     assert method.connectors[0].weight.grad.abs().sum() > 0
-    same = cc_mod.CC()
+    same = cc_mod.CC(student_layers=[EMB], teacher_layers=[EMB])
     same.setup(SetupContext({EMB: (2, 8)}, {EMB: (2, 8)}, num_samples=10, num_classes=3))
     assert isinstance(same.connectors[0], torch.nn.Identity) and not list(same.parameters())
 
@@ -368,8 +379,9 @@ def test_cc_setup_builds_a_connector_that_trains_with_the_student() -> None:
 def test_cc_without_setup_needs_equal_widths_unless_connector_is_off() -> None:
     fs, ft = torch.randn(3, 5), torch.randn(3, 8)
     with pytest.raises(DistillError, match="setup"):
-        cc_mod.CC()(*_feats(fs, ft), _batch([0] * 3), CTX)
-    out = cc_mod.CC(connector=False, beta=2.0)(*_feats(fs, ft), _batch([0] * 3), CTX)
+        cc_mod.CC(student_layers=[EMB], teacher_layers=[EMB])(*_feats(fs, ft), _batch([0] * 3), CTX)
+    out = cc_mod.CC(connector=False, beta=2.0, student_layers=[EMB], teacher_layers=[EMB])(
+        *_feats(fs, ft), _batch([0] * 3), CTX)
     assert out.loss.item() == pytest.approx(2.0 * cc_mod.cc_loss(fs, ft).item(), rel=1e-6)
 
 
@@ -417,13 +429,15 @@ def test_align_signs_recovers_permuted_flipped_vectors() -> None:
 
 
 def test_kdsvd_loss_on_vectors_matches_hand_derivation() -> None:
-    # (B, D) taps are rank 1: V = x / |x| (the student sign-aligned to the teacher), weight 1.
+    # (B, D) taps are rank 1: V = x / |x|, the teacher's with its largest |entry| positive, the student's
+    # sign-aligned to the teacher's; weight 1.
     rng = np.random.default_rng(16)
     s1, s2, t1, t2 = (rng.normal(size=(2, d)) for d in (3, 4, 3, 4))
     unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (s1, s2, t1, t2)]
     expected = 0.0
     for b in range(2):
         vs1, vs2, vt1, vt2 = (x[b] for x in unit)
+        vt1, vt2 = (v * np.sign(v[np.argmax(np.abs(v))]) for v in (vt1, vt2))
         vs1, vs2 = vs1 * np.sign(vs1 @ vt1), vs2 * np.sign(vs2 @ vt2)
         rbf_s = np.exp(-((vs2[:, None] - vs1[None, :]) ** 2) / 8)  # (4, 3)
         rbf_t = np.exp(-((vt2[:, None] - vt1[None, :]) ** 2) / 8)
@@ -447,7 +461,8 @@ def test_kdsvd_zero_for_teacher_features_and_invariant_to_student_sign_and_posit
 def test_kdsvd_setup_forward_backward_with_different_widths() -> None:
     s_shapes = {"layer1": (4, 4, 6, 6), "layer2": (4, 8, 3, 3), "layer3": (4, 16, 2, 2)}
     t_shapes = {"layer1": (4, 8, 6, 6), "layer2": (4, 8, 3, 3), "layer3": (4, 32, 2, 2)}
-    method = kdsvd_mod.KDSVD()
+    layers = {"student_layers": list(s_shapes), "teacher_layers": list(t_shapes)}
+    method = kdsvd_mod.KDSVD(**layers)
     method.setup(SetupContext(s_shapes, t_shapes, num_samples=10, num_classes=3))
     assert [type(m).__name__ for m in method.connectors] == ["Linear", "Identity", "Linear"]
     torch.manual_seed(18)
@@ -459,10 +474,11 @@ def test_kdsvd_setup_forward_backward_with_different_widths() -> None:
     assert all(torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0 for f in fs.values())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters())
     with pytest.raises(DistillError, match="setup"):
-        kdsvd_mod.KDSVD()(ModelOutput(torch.zeros(4, 3), fs), ModelOutput(torch.zeros(4, 3), ft),
+        kdsvd_mod.KDSVD(**layers)(ModelOutput(torch.zeros(4, 3), fs), ModelOutput(torch.zeros(4, 3), ft),
                           _batch([0] * 4), CTX)
     with pytest.raises(DistillError, match="connector"):
-        kdsvd_mod.KDSVD(connector=False).setup(SetupContext(s_shapes, t_shapes, num_samples=10, num_classes=3))
+        kdsvd_mod.KDSVD(connector=False, **layers).setup(
+            SetupContext(s_shapes, t_shapes, num_samples=10, num_classes=3))
 
 
 def test_logit_matching_is_mean_absolute_or_squared_logit_error() -> None:

@@ -94,3 +94,31 @@ class NotLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"scores": self.fc(x)}
+
+
+class UserCNN(nn.Module):
+    """A CNN named its own way (``stem``, ``down1``, ``down2``, head ``classifier``, no ``fc``) reading the 64
+    digits pixels as an 8x8 image: what ``layers: auto`` must handle without being told its layer paths."""
+
+    def __init__(self, width: int = 8, classes: int = 10) -> None:
+        super().__init__()
+
+        def unit(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                                 nn.BatchNorm2d(c_out), nn.ReLU())
+
+        self.stem = unit(1, width, 1)
+        self.down1 = unit(width, 2 * width, 2)
+        self.down2 = unit(2 * width, 4 * width, 2)
+        self.classifier = nn.Linear(4 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down2(self.down1(self.stem(x.reshape(-1, 1, 8, 8))))  # (B, 4w, 2, 2)
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+class WideUserCNN(UserCNN):
+    """The teacher of the same form, four times wider."""
+
+    def __init__(self) -> None:
+        super().__init__(width=32)

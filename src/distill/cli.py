@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--role", choices=["student", "teacher"], default="teacher")
     i.add_argument("--input-shape", default="1,28,28", help="per-sample input shape, e.g. 1,28,28")
     i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--pairs", action="store_true", help="the layers `layers: auto` pairs: `inspect --pairs TEACHER "
+                   "STUDENT` (zoo names or import paths), or `inspect RECIPE --pairs`")
     sub.add_parser("list", help="registered methods, models and datasets")
     b = sub.add_parser("bench", help="scratch + many methods on one teacher/student pair over several seeds")
     b.add_argument("recipe")
@@ -95,6 +97,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "list":
         print(commands.list_registered())
+        return 0
+    if args.command == "inspect" and args.pairs:
+        print(commands.inspect_pairs(args.model, args.overrides, input_shape=args.input_shape,
+                                     num_classes=args.num_classes))
         return 0
     if args.command == "inspect":
         print(commands.inspect(args.model, args.overrides, role=args.role, input_shape=args.input_shape,

@@ -104,6 +104,41 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
     return format_probe(probe(model, torch.zeros(2, *shape)), model) + "\n" + _summary(model, shape)
 
 
+def inspect_pairs(target: str, rest: list[str], *, input_shape: str, num_classes: int) -> str:
+    """``inspect --pairs``: each model's stages and the layer pairs ``layers: auto`` gives every kind of method,
+    from a dry run: of a recipe's teacher and student on real samples, or of two models (zoo names or import
+    paths ``pkg.mod:Class``) on zeros of ``input_shape``."""
+    from distill.stages import find_layout, format_layout, format_pairs
+
+    if target.endswith((".yaml", ".yml")):
+        from distill.data.stream import head
+        from distill.models import feed
+        from distill.plan import plan_from_recipe
+        from distill.recipe import load_recipe
+
+        plan = plan_from_recipe(load_recipe(target, rest))
+        if plan.teacher is None:
+            raise DistillError(f"{target} has no 'teacher' section: there is nothing to pair")
+        x = head(plan.data.train, 2)
+        t = find_layout(plan.teacher.frozen(plan.data), x, hooked=plan.teacher.model)
+        s = find_layout(plan.student, x, call=lambda m, v: feed(m, v, plan.student_inputs, "student"))
+    else:
+        if len(rest) != 1:
+            raise DistillError("inspect --pairs TEACHER STUDENT: give two models (zoo names or import paths), "
+                               "or a recipe")
+        shape = _shape(input_shape)
+        t, s = (find_layout(_named_model(n, num_classes, shape), torch.zeros(2, *shape)) for n in (target, rest[0]))
+    return "\n".join([format_layout(t, "teacher"), format_layout(s, "student"), format_pairs(s, t)])
+
+
+def _named_model(target: str, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
+    from distill.models import build_model
+
+    if ":" in target:
+        return build_model("external", num_classes=num_classes, input_shape=shape, target=target, kwargs={})
+    return build_model(target, num_classes=num_classes, input_shape=shape)
+
+
 def _kv(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise DistillError(f"model argument {item!r} is not of the form key=value")

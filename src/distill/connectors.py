@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +44,20 @@ def resize(x: Tensor, size: Sequence[int]) -> Tensor:
 def flatten_spatial(x: Tensor) -> Tensor:
     """(B, C, *S) -> (B, C, N) with N = prod(S); a vector (B, D) becomes (B, D, 1)."""
     return x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1)
+
+
+def pool_larger(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """RepDistiller's rule for maps of different sizes (AT, NST, VID): adaptive average pooling brings the larger
+    map down to the smaller one's size, each dimension to the smaller of the two. Vectors pass unchanged."""
+    if student.dim() < 3 or student.dim() != teacher.dim():
+        return student, teacher
+    size = pooled_size(student.shape, teacher.shape)
+    return resize(student, size), resize(teacher, size)
+
+
+def pooled_size(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> tuple[int, ...]:
+    """The common spatial size :func:`pool_larger` gives two feature shapes (batch dim included)."""
+    return tuple(min(a, b) for a, b in zip(student_shape[2:], teacher_shape[2:]))
 
 
 class Resize(nn.Module):
@@ -123,12 +138,56 @@ def build_connector(student_shape: Sequence[int], teacher_shape: Sequence[int], 
 # --- plumbing shared by the feature methods (paired student/teacher taps) ---
 
 
+AUTO = "auto"
+"""``student_layers: auto`` / ``teacher_layers: auto``: the engine picks the layers from both models' stages
+(``distill.stages``) before anything is probed; until then a method's taps are this placeholder."""
+
+
+def is_auto(method: str, student_layers: Any, teacher_layers: Any) -> bool:
+    """True when both sides say ``auto``; one side ``auto`` and the other a list is a DistillError."""
+    s, t = student_layers == AUTO, teacher_layers == AUTO
+    if s != t:
+        raise DistillError(f"{method}: student_layers and teacher_layers are paired, so both are 'auto' or both "
+                           f"are lists of module paths (got {student_layers!r} and {teacher_layers!r})")
+    return s
+
+
+def auto_needs() -> Needs:
+    """Needs of a method whose layers are still ``auto``: a live teacher, and placeholder taps."""
+    return Needs(teacher=True, live_teacher=True, student_taps=(AUTO,), teacher_taps=(AUTO,))
+
+
+def layer_lists(method: str, student_layers: Any, teacher_layers: Any) -> tuple[list[str], list[str]]:
+    """The two tap lists as lists (empty while ``auto``); a non-list or a non-string path is a DistillError."""
+    if is_auto(method, student_layers, teacher_layers):
+        return [], []
+    _check_paths(method, student_layers, teacher_layers)
+    return list(student_layers), list(teacher_layers)
+
+
+def _check_paths(method: str, student_layers: Any, teacher_layers: Any) -> None:
+    for side, layers in (("student_layers", student_layers), ("teacher_layers", teacher_layers)):
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or \
+                not all(isinstance(p, str) and p for p in layers):
+            raise DistillError(f"{method}: {side} must be a list of module paths or 'auto', got {layers!r}")
+
+
+def require_resolved(method: str, pairs: Sequence[Any]) -> None:
+    """A DistillError when a method's layers are still ``auto``: called outside the engine, nothing resolved
+    them (``distill.engine.setup_methods`` does, from both models)."""
+    if not pairs:
+        raise DistillError(f"{method}: its layers are still 'auto'; run it through the engine (distill.fit, a "
+                           "recipe, DistillationModel, or distill.engine.setup_methods), which picks them from "
+                           "both models, or give student_layers and teacher_layers")
+
+
 def layer_pairs(method: str, student_layers: Sequence[str], teacher_layers: Sequence[str],
                 *, min_pairs: int = 1) -> list[tuple[str, str]]:
-    """Pair tap paths by position; a length mismatch, too few pairs or a non-string path is a DistillError."""
-    for side, layers in (("student_layers", student_layers), ("teacher_layers", teacher_layers)):
-        if isinstance(layers, str) or not all(isinstance(p, str) and p for p in layers):
-            raise DistillError(f"{method}: {side} must be a list of module paths, got {layers!r}")
+    """Pair tap paths by position; a length mismatch, too few pairs or a non-string path is a DistillError.
+    ``auto`` on both sides gives no pairs yet (the engine resolves them)."""
+    if is_auto(method, student_layers, teacher_layers):
+        return []
+    _check_paths(method, student_layers, teacher_layers)
     if len(student_layers) != len(teacher_layers):
         raise DistillError(
             f"{method}: student_layers and teacher_layers are paired by position but have "
@@ -140,7 +199,10 @@ def layer_pairs(method: str, student_layers: Sequence[str], teacher_layers: Sequ
 
 
 def feature_needs(pairs: Sequence[tuple[str, str]]) -> Needs:
-    """Needs of a method reading the paired taps: a live teacher and both sides' taps (de-duplicated)."""
+    """Needs of a method reading the paired taps: a live teacher and both sides' taps (de-duplicated); no pairs
+    yet (``auto``): placeholders."""
+    if not pairs:
+        return auto_needs()
     return Needs(teacher=True, live_teacher=True,
                  student_taps=tuple(dict.fromkeys(s for s, _ in pairs)),
                  teacher_taps=tuple(dict.fromkeys(t for _, t in pairs)))
@@ -148,6 +210,7 @@ def feature_needs(pairs: Sequence[tuple[str, str]]) -> Needs:
 
 def probed_shapes(method: str, ctx: SetupContext, pairs: Sequence[tuple[str, str]]) -> list[tuple[Shape, Shape]]:
     """The probed (student, teacher) shape of every pair; a path missing from the probe is a DistillError."""
+    require_resolved(method, pairs)
     out = []
     for s_path, t_path in pairs:
         for side, path, shapes in (("student", s_path, ctx.student_shapes), ("teacher", t_path, ctx.teacher_shapes)):
@@ -169,6 +232,7 @@ def require_spatial(method: str, pairs: Sequence[tuple[str, str]], shapes: Seque
 def paired_features(method: str, s: ModelOutput, t: ModelOutput | None,
                     pairs: Sequence[tuple[str, str]]) -> list[tuple[Tensor, Tensor]]:
     """(student, teacher) features per pair; the teacher side is detached so no gradient can reach it."""
+    require_resolved(method, pairs)
     if t is None:
         raise DistillError(f"{method}: needs teacher outputs")
     out = []
@@ -186,6 +250,18 @@ def check_setup(method: str, built: nn.ModuleList, pairs: Sequence[tuple[str, st
     if len(built) != len(pairs):
         raise RuntimeError(f"{method}: setup(ctx) must run before forward: it builds the per-layer modules "
                            "from the probed tap shapes")
+
+
+def init_only_check(method: str, pretrain_epochs: int, main: bool) -> bool:
+    """``main`` of an initialisation-stage method (AB, FSP), validated: with no pre-training stage and
+    ``main: false`` its loss would never apply."""
+    check_pretrain_epochs(method, pretrain_epochs)
+    if not isinstance(main, bool):
+        raise DistillError(f"{method}: main must be true or false, got {main!r}")
+    if pretrain_epochs == 0 and not main:
+        raise DistillError(f"{method}: pretrain_epochs 0 with main: false never applies the loss; set "
+                           "pretrain_epochs > 0 (its initialisation stage) or main: true")
+    return main
 
 
 def check_pretrain_epochs(method: str, epochs: int) -> int:

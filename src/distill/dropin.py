@@ -57,8 +57,8 @@ class DistillationModel(nn.Module):
         if any(getattr(m, "pretrain_epochs", 0) for m in built):
             raise DistillError("DistillationModel runs one stage; methods with a pre-training stage (FitNet hints, "
                                "...) need distill.fit or a recipe")
-        self._s_taps = FeatureTaps(student, self.methods.student_taps).attach()
-        self._t_taps = FeatureTaps(self.teacher.model, self.methods.teacher_taps).attach()
+        # attached in _setup, once ``layers: auto`` methods know their layers
+        self._s_taps, self._t_taps = FeatureTaps(student, []), FeatureTaps(self.teacher.model, [])
         self._ready, self._last, self._step = False, None, 0
         if example is not None:
             self._setup(example)
@@ -71,6 +71,8 @@ class DistillationModel(nn.Module):
             classes = int(self.teacher(x).shape[-1])
         setup_methods(self.methods, self.student, self.teacher, x, num_samples=self.num_samples,
                       num_classes=classes, inputs=self.student_inputs)
+        self._s_taps = FeatureTaps(self.student, self.methods.student_taps).attach()
+        self._t_taps = FeatureTaps(self.teacher.model, self.methods.teacher_taps).attach()
         self.methods.to(next(self.student.parameters(), torch.zeros(0)).device)
         self._ready = True
 

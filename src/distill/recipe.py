@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from distill.errors import DistillError
 from distill.registry import closest
@@ -70,6 +70,17 @@ class ScheduleSpec(_Strict):
     min_lr: float = Field(0.0, ge=0)
 
 
+class LossScaleSpec(_Strict):
+    """``train.loss_scale``: each loss term's gradient norm on the student, measured on the first ``batches`` batches
+    before training (``distill.engine.scale``): ``check`` warns about a term over ``max_ratio`` times the
+    cross-entropy's; a method with ``weight: auto`` is weighted to ``target`` times it."""
+
+    check: bool = True
+    max_ratio: float = Field(10.0, gt=0)
+    target: float = Field(1.0, gt=0)
+    batches: int = Field(2, ge=1)
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1)
     optimizer: OptimSpec = OptimSpec()
@@ -79,6 +90,15 @@ class TrainSpec(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (with a GradScaler) needs CUDA
     channels_last: bool = False  # NHWC layout for 2-D conv nets
     compile: bool = False  # torch.compile the student's forward pass
+    loss_scale: LossScaleSpec | None = None  # None: the defaults
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, dump: Any) -> Any:
+        # loss_scale came after runs were made: left out while unset, so their fingerprints and recipes stay
+        out = dump(self)
+        if self.loss_scale is None and isinstance(out, dict):
+            out.pop("loss_scale", None)
+        return out
 
 
 class AugmentSpec(_Strict):
@@ -115,8 +135,15 @@ class ModelSpec(_Open):
 
 
 class MethodSpec(_Open):
-    weight: float = 1.0
+    weight: float | Literal["auto"] = 1.0  # auto: set from measured gradient norms (train.loss_scale.target)
     teacher: str | None = None  # strategy multi_teacher: the named teacher this method reads (default: the ensemble)
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _number_or_auto(cls, w: Any) -> Any:
+        if w != "auto" and (isinstance(w, bool) or not isinstance(w, (int, float))):
+            raise ValueError("must be a number or 'auto'")
+        return w
 
 
 class StrategySpec(_Open):

@@ -25,10 +25,12 @@ from distill.engine.logs import EpochLog
 from distill.engine.meter import Meter
 from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.engine.outputs import as_fp32, model_output
+from distill.engine.scale import check_loss_scale
 from distill.errors import DistillError
 from distill.methods.base import MethodSet
 from distill.models import Keys, feed
 from distill.recipe import TrainSpec
+from distill.stages import resolve_auto_layers
 from distill.taps import FeatureTaps
 from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
 
@@ -84,6 +86,7 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     if job.train.channels_last:
         model.to(memory_format=torch.channels_last)
     step = _Step(job)
+    check_loss_scale(job, step, resumed=start > 0)  # before the first step; sets `weight: auto` weights
     logger = dist.on_main(partial(EpochLog, job.out_dir))
     for epoch in range(start, pre + job.train.epochs):
         stats = _train_epoch(job, opt, sched, params, epoch, step)
@@ -115,7 +118,10 @@ def _setup_methods(job: FitJob) -> None:
 def setup_methods(methods: MethodSet, model: nn.Module, teacher: nn.Module | None, x: Any, *,
                   num_samples: int, num_classes: int, inputs: Keys = None, targets: Any = None) -> None:
     """Dry-run student and teacher on a small batch ``x`` so methods build connectors from real tap shapes.
-    ``targets``: several named teachers (``Targets``), probed for the taps of the methods naming each."""
+    ``targets``: several named teachers (``Targets``), probed for the taps of the methods naming each. Methods
+    with ``layers: auto`` get their layers from both models' stages first (``distill.stages``)."""
+    if methods.pending_layers():
+        resolve_auto_layers(methods, model, teacher, x, inputs=inputs, targets=targets)
     s_shapes = _tap_shapes(model, model, methods.student_taps, x, inputs)
     t_shapes = {}
     if teacher is not None and methods.teacher_taps:
@@ -235,13 +241,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     meter = Meter(job.desc, job.out_dir, epoch, n_steps)
     share = job.loader.share if dist.world_size() > 1 else lambda _: 1.0
     with ExitStack() as stack:
-        s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
-        t_taps = None
-        if job.targets is not None:
-            stack.enter_context(job.targets.attach())
-        if job.cache is None and job.teacher is not None and job.methods.teacher_taps:
-            t_taps = stack.enter_context(FeatureTaps(getattr(job.teacher, "model", job.teacher),
-                                                         job.methods.teacher_taps))
+        s_taps, t_taps = attach_taps(job, stack)
         bar = stack.enter_context(tqdm(total=n_steps, desc=f"{job.desc} {stage} {stage_epoch + 1}/{stage_epochs}",
                                        leave=False, disable=None, dynamic_ncols=True))
         for i, batch in enumerate(job.loader):
@@ -265,6 +265,17 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     stats = meter.summary(opt.param_groups[0]["lr"])
     stats.update(stage=stage, stage_epoch=stage_epoch + 1, stage_epochs=stage_epochs)
     return stats
+
+
+def attach_taps(job: FitJob, stack: ExitStack) -> tuple[FeatureTaps, FeatureTaps | None]:
+    """Hook the taps the methods read onto the student and the live teacher (or teachers) for ``stack``'s life."""
+    s_taps = stack.enter_context(FeatureTaps(job.model, job.methods.student_taps))
+    t_taps = None
+    if job.targets is not None:
+        stack.enter_context(job.targets.attach())
+    if job.cache is None and job.teacher is not None and job.methods.teacher_taps:
+        t_taps = stack.enter_context(FeatureTaps(getattr(job.teacher, "model", job.teacher), job.methods.teacher_taps))
+    return s_taps, t_taps
 
 
 def _loss(step: _Step, job: FitJob, batch: Batch, ctx: StepContext, s_taps: FeatureTaps,

@@ -9,12 +9,13 @@ paper's margin-based squared hinge on the connected student pre-activation ``s``
 
 summed over neurons and averaged over the batch. Layer pairs are weighted 2^(k-n+1) (the deepest 1, each
 shallower one half the next) and the total scaled by ``beta`` = 3e-3, the ``/ 1000 * 3`` of RepDistiller.
-The paper uses the loss as an initialisation stage (then trains on the task): ``pretrain_epochs`` > 0
-asks the engine to optimise :meth:`AB.pretrain_loss` alone for that many epochs first.
+As in the paper and RepDistiller, the loss is an initialisation stage only: ``pretrain_epochs`` = 30 (RepDistiller's
+``init_epochs``) of :meth:`AB.pretrain_loss` alone, then the main stage trains on the other methods of the recipe
+(``ce``, ``kd``) without it; ``main: true`` keeps it in the main objective as well.
 
-The taps should be pre-ReLU: for the zoo, a WRN's ``bn``, VGG's ``block4.bn{i}`` or the small CNN's
-``features.{i}.bn``. The default ``avgpool:input`` (post-ReLU, in every CIFAR ResNet / WRN / VGG) still
-works: an inactive teacher neuron then reads 0.
+The default taps, ``auto``, are every stage's pre-ReLU output (RepDistiller's ``feat[1:-1]`` with
+``preact=True``): ``layer{1,2,3}.{last}.relu:input`` of a CIFAR ResNet, ``block{i}.relu{j}:input`` of a VGG
+(``distill.stages``). A post-ReLU tap still works: an inactive teacher neuron then reads 0.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from distill.connectors import (
     check_pretrain_epochs,
     check_setup,
     feature_needs,
+    init_only_check,
     layer_pairs,
     paired_features,
     probed_shapes,
@@ -53,10 +55,12 @@ def layer_weights(n: int) -> list[float]:
 class AB(Method):
     """Activation-boundary distillation: ``beta * sum_k w_k * ab_loss(connector(student_k), teacher_k)``."""
 
-    def __init__(self, student_layers: list[str] = ["avgpool:input"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["avgpool:input"],  # noqa: B006
-                 beta: float = 3e-3, margin: float = 1.0, pretrain_epochs: int = 0) -> None:
+    auto_layers = "stages_preact"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
+                 beta: float = 3e-3, margin: float = 1.0, pretrain_epochs: int = 30, main: bool = False) -> None:
         super().__init__()
+        self.main = init_only_check("ab", pretrain_epochs, main)
         self.pairs = layer_pairs("ab", student_layers, teacher_layers)
         self.needs = feature_needs(self.pairs)
         self.beta, self.margin = beta, margin
@@ -75,6 +79,8 @@ class AB(Method):
                             for w, conn, (fs, ft) in zip(weights, self.connectors, feats)]).sum()
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
+        if not self.main:
+            return LossOutput(s.logits.new_zeros(()), {})  # the init stage is over: ce (and kd) alone
         loss = self.beta * self._ab(s, t)
         return LossOutput(loss, {"ab": loss})
 

@@ -13,7 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from distill.connectors import AUTO
+from distill.errors import DistillError
 from distill.registry import Registry
+from distill.stages import Layout, auto_pairs
 from distill.types import Batch, LossOutput, ModelOutput, Needs, SetupContext, StepContext
 
 METHODS: Registry[type[Method]] = Registry("method", "distill.methods", adapt="distill.extend:_method")
@@ -24,6 +27,7 @@ class Method(nn.Module):
 
     needs: ClassVar[Needs] = Needs()
     teacher_key: str | None = None  # with several teachers: the one this method reads (None: the ensemble)
+    auto_layers: ClassVar[str | None] = None  # what ``layers: auto`` taps (a kind of ``distill.stages.KINDS``)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Method:
         # Remember the constructor's arguments, so a method object built in Python can be written back as a
@@ -103,10 +107,13 @@ def labelled_cross_entropy(logits: Tensor, target: Tensor, count: float | None =
 class MethodSet(nn.Module):
     """The recipe's methods with their weights; sums their terms. The engine only talks to this."""
 
-    def __init__(self, methods: list[Method], weights: list[float] | None = None) -> None:
+    def __init__(self, methods: list[Method], weights: list[float | str] | None = None) -> None:
         super().__init__()
         self.methods = nn.ModuleList(methods)
-        self.weights = list(weights or [1.0] * len(methods))
+        given = list(weights or [1.0] * len(methods))
+        # `weight: auto`: 1.0 until the engine measures the loss scale and sets it (distill.engine.scale)
+        self.auto = [i for i, w in enumerate(given) if w == "auto"]
+        self.weights = [1.0 if w == "auto" else float(w) for w in given]
 
     @property
     def pretrain_epochs(self) -> int:
@@ -174,6 +181,23 @@ class MethodSet(nn.Module):
         if total is None:
             raise RuntimeError("no method contributes a loss in this stage")
         return LossOutput(total, terms)
+
+    def pending_layers(self) -> list[Method]:
+        """The methods whose layers are still ``auto`` (placeholder taps)."""
+        return [m for m in self.methods if AUTO in m.needs.student_taps]
+
+    def resolve_layers(self, student: Layout, teachers: dict[str | None, Layout]) -> None:
+        """Give every ``auto`` method the layers ``distill.stages`` pairs for its kind, by rebuilding it in place
+        with those paths (its recipe entry keeps ``auto``); ``teachers``: the layout of each teacher by the key
+        methods name it with (None: the only teacher)."""
+        for m in self.pending_layers():
+            name = type(m).__name__.lower()
+            if m.auto_layers is None or m.teacher_key not in teachers:
+                raise DistillError(f"{name}: layers: auto needs the teacher's and the student's modules")
+            s, t = auto_pairs(m.auto_layers, student, teachers[m.teacher_key], name)
+            init, key = dict(getattr(m, "_init_args", None) or {}), m.teacher_key
+            m.__init__(**{**init, "student_layers": s, "teacher_layers": t})  # type: ignore[misc]
+            m.teacher_key = key
 
     def setup(self, ctx: SetupContext) -> None:
         """Let every method build its connectors from the probed shapes."""

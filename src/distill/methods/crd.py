@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.connectors import auto_needs, is_auto, require_resolved
 from distill.engine import dist
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
@@ -107,25 +108,29 @@ class CRD(Method):
     Defaults are the paper's (``feat_dim=128``, ``nce_t=0.07``, ``nce_m=0.5``, ``beta=0.8``) except
     ``nce_k``: 4096 negatives instead of the paper's 16384, a quarter of the per-step cost; it is clamped
     to ``num_samples - 1``. Combine with ``ce`` (the paper's CRD row) or ``kd`` (CRD+KD).
-    One tap per network, by default the penultimate embedding ``fc:input``; 4-D maps are flattened.
+    One tap per network, by default (``auto``) the penultimate embedding (``fc:input`` of a zoo model;
+    ``distill.stages``); 4-D maps are flattened.
     The memory banks (``num_samples x feat_dim`` each) and the normalisation constants ``Z`` are
     buffers, so they are checkpointed; ``batch.index`` must index the training set seen by ``setup``.
     """
 
-    def __init__(self, student_layers: list[str] = ["fc:input"],  # noqa: B006  (copied, never mutated)
-                 teacher_layers: list[str] = ["fc:input"],  # noqa: B006
+    auto_layers = "embedding"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  feat_dim: int = 128, nce_k: int = 4096, nce_t: float = 0.07, nce_m: float = 0.5,
                  beta: float = 0.8) -> None:
         super().__init__()
-        if len(student_layers) != 1 or len(teacher_layers) != 1:
+        auto = is_auto("crd", student_layers, teacher_layers)
+        if not auto and (len(student_layers) != 1 or len(teacher_layers) != 1):
             raise DistillError(f"crd: student_layers and teacher_layers take one layer each, got "
                                f"{student_layers!r} and {teacher_layers!r}")
         if feat_dim < 1 or nce_k < 1 or nce_t <= 0 or not 0.0 <= nce_m < 1.0:
             raise DistillError("crd: need feat_dim >= 1, nce_k >= 1, nce_t > 0 and 0 <= nce_m < 1")
+        student_layers, teacher_layers = (['auto'], ['auto']) if auto else (student_layers, teacher_layers)
         self.s_layer, self.t_layer = student_layers[0], teacher_layers[0]
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m, self.beta = feat_dim, nce_k, nce_t, nce_m, beta
-        self.needs = Needs(teacher=True, student_taps=(self.s_layer,), teacher_taps=(self.t_layer,),
-                           live_teacher=True)
+        self.needs = auto_needs() if auto else Needs(teacher=True, student_taps=(self.s_layer,),
+                                                     teacher_taps=(self.t_layer,), live_teacher=True)
         self.embed_s: Embed | None = None
         self.embed_t: Embed | None = None
         # Placeholders so the state-dict keys exist before setup(); setup() gives them their real size.
@@ -137,6 +142,7 @@ class CRD(Method):
 
     def setup(self, ctx: SetupContext) -> None:
         """Build the embedding heads from the probed tap shapes and the two memory banks."""
+        require_resolved("crd", [] if self.s_layer == "auto" else [self.s_layer])
         s_dim = _flat_dim(ctx.student_shapes, self.s_layer, "student")
         t_dim = _flat_dim(ctx.teacher_shapes, self.t_layer, "teacher")
         if ctx.num_samples < 2:

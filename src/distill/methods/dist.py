@@ -8,8 +8,14 @@ measured by Pearson correlation, which is invariant to a positive affine map of 
     intra = 1 - mean_c pearson(Y_s[:, c], Y_t[:, c])      (per class, across the batch)
     loss  = alpha * CE(s, y) + T^2 * (beta * inter + gamma * intra)
 
-Defaults are the paper's ImageNet setting (beta = gamma = 1, T = 1, CE weight 1); for CIFAR-100 the paper
-uses beta = gamma = 2 and T = 4. The intra term needs a batch of more than one sample.
+Defaults reproduce the official ImageNet setting: beta = gamma = 2, T = 1, CE weight 1. The official loss
+(github.com/hunto/image_classification_sota, the ``classification`` submodule of hunto/DIST_KD, pinned at
+d9662f7: ``lib/models/losses/dist_kd.py``) is built as ``DIST(beta=1, gamma=1, tau=1)``
+(``lib/models/losses/kd_loss.py`` line 30) and multiplied by ``kd_loss_weight: 2.`` with ``ori_loss_weight: 1.``
+(``configs/strategies/distill/resnet_dist.yaml`` lines 29-30, also ``dist_b2.yaml``; applied in
+``kd_loss.py`` line 57), so inter and intra each carry an effective weight of 2. For CIFAR-100
+(``dist_cifar.yaml``: ``kd: dist_t4``, ``kd_loss_weight: 2.``) use T = 4 with the same beta = gamma = 2.
+The intra term needs a batch of more than one sample.
 """
 
 from __future__ import annotations
@@ -52,13 +58,14 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> tuple
 class DIST(Method):
     """DIST (Huang et al., NeurIPS 2022); replaces ``kd``, so it includes ``alpha * CE``.
 
-    Terms: ``ce``, ``inter`` = beta * T^2 * inter-class loss, ``intra`` = gamma * T^2 * intra-class loss.
+    Terms: ``ce``, ``inter`` = beta * T^2 * inter-class loss, ``intra`` = gamma * T^2 * intra-class loss;
+    defaults (beta = gamma = 2) are the official code's effective ImageNet weights (module docstring).
     Transfer-set samples (target -1) take part in both relation terms but not in the CE.
     """
 
     needs = Needs(teacher=True)
 
-    def __init__(self, T: float = 1.0, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
+    def __init__(self, T: float = 1.0, alpha: float = 1.0, beta: float = 2.0, gamma: float = 2.0) -> None:
         super().__init__()
         if T <= 0:
             raise DistillError("dist: T must be positive")

@@ -40,14 +40,16 @@ def hint_loss(student: Tensor, teacher: Tensor, distance: str = "mse") -> Tensor
 class FitNet(Method):
     """FitNets hints: ``beta * sum_pairs MSE(connector(student), teacher)``.
 
-    ``student_layers`` / ``teacher_layers`` are paired by position; the default taps the penultimate
-    embedding (``fc:input``), present in every zoo model. The paper hints a middle layer (e.g.
-    ``layer2`` of a CIFAR ResNet). Connectors (1x1 conv + BN, or Linear) are built from probed shapes.
+    ``student_layers`` / ``teacher_layers`` are paired by position. The default, ``auto``, hints the middle
+    stage of each network (``distill.stages``): ``layer2`` of a three-stage CIFAR ResNet, RepDistiller's
+    ``hint_layer: 2``, the paper's middle guided/hint layers. Connectors (1x1 conv + BN, or Linear; RepDistiller's
+    ConvReg is a 3x3 conv + BN + ReLU) are built from probed shapes.
     ``distance: cosine`` matches the direction of each sample's features instead of their values.
     """
 
-    def __init__(self, student_layers: list[str] = ["fc:input"],  # noqa: B006  (never mutated; shown as default)
-                 teacher_layers: list[str] = ["fc:input"],  # noqa: B006
+    auto_layers = "middle"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  beta: float = 100.0, pretrain_epochs: int = 0, distance: str = "mse") -> None:
         super().__init__()
         if distance not in ("mse", "cosine"):

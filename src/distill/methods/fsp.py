@@ -8,9 +8,9 @@ The loss is the mean squared difference of the student's and teacher's FSP matri
 the teacher's shapes, so the matrices match whatever the channel counts. Of two layers of different
 spatial size, the larger is average-pooled to the smaller (as RepDistiller).
 
-The paper uses FSP as a first stage only (then trains on the task): ``pretrain_epochs`` > 0 asks the
-engine to optimise :meth:`FSP.pretrain_loss` alone for that many epochs first; ``beta=0`` then reproduces
-the paper's second stage when combined with ``ce``.
+The paper and RepDistiller use FSP as a first stage only: ``pretrain_epochs`` = 30 (RepDistiller's
+``init_epochs``) of :meth:`FSP.pretrain_loss` alone, then the main stage trains on the recipe's other methods
+(``ce``, ``kd``) without it; ``main: true`` keeps it in the main objective as well.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from distill.connectors import (
     check_setup,
     feature_needs,
     flatten_spatial,
+    init_only_check,
     layer_pairs,
     paired_features,
     probed_shapes,
@@ -62,15 +63,17 @@ def fsp_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
 class FSP(Method):
     """Flow of solution procedure: ``beta * fsp_loss(connected student taps, teacher taps)``.
 
-    Needs at least two taps per side; consecutive taps form the FSP pairs. The defaults are the stage
-    outputs of the CIFAR ResNet zoo models (``layer1..3``); for a WRN use ``block1..3``, for VGG
-    ``block{i}``, for the small CNN ``features.{i}``.
+    Needs at least two taps per side; consecutive taps form the FSP pairs. The default, ``auto``, takes every
+    stage's output (``layer1..3`` of a CIFAR ResNet, ``block1..3`` of a WRN; ``distill.stages``), stages paired by
+    relative depth. RepDistiller also pairs the stem with ``layer1`` (three matrices for a CIFAR ResNet, two here).
     """
 
-    def __init__(self, student_layers: list[str] = ["layer1", "layer2", "layer3"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["layer1", "layer2", "layer3"],  # noqa: B006
-                 beta: float = 1.0, pretrain_epochs: int = 0) -> None:
+    auto_layers = "stages"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
+                 beta: float = 1.0, pretrain_epochs: int = 30, main: bool = False) -> None:
         super().__init__()
+        self.main = init_only_check("fsp", pretrain_epochs, main)
         self.pairs = layer_pairs("fsp", student_layers, teacher_layers, min_pairs=2)
         self.needs = feature_needs(self.pairs)
         self.beta = beta
@@ -87,6 +90,8 @@ class FSP(Method):
         return fsp_loss([conn(fs) for conn, (fs, _) in zip(self.connectors, feats)], [ft for _, ft in feats])
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
+        if not self.main:
+            return LossOutput(s.logits.new_zeros(()), {})  # the init stage is over: ce (and kd) alone
         loss = self.beta * self._fsp(s, t)
         return LossOutput(loss, {"fsp": loss})
 

@@ -4,11 +4,16 @@ A paraphraser, a small convolutional autoencoder on the teacher feature, compres
 ``rate * C_t`` channels (rate 0.5); it is trained first, alone, to reconstruct the teacher feature (L2),
 then frozen. A translator (the same encoder shape with BatchNorm) maps the student feature to factors of
 that shape and trains with the student. The loss is the L1 distance between the L2-normalised flattened
-factors, ``mean |F_s / ||F_s|| - F_t / ||F_t|| |``, summed over layer pairs and weighted by ``beta`` = 200
-(RepDistiller). Convs are 3x3 with LeakyReLU(0.1) (Linear layers for vector features); the paraphraser's
-last decoder layer is linear so features of either sign can be reconstructed. The paraphrasers' parameters
-are trainable after ``setup`` and during :meth:`FT.pretrain_loss`; the first main-stage ``forward`` turns
-their ``requires_grad`` off (they then get no gradient and no optimiser update).
+factors, ``mean |F_s / ||F_s|| - F_t / ||F_t|| |``, summed over layer pairs and weighted by ``beta`` = 500,
+the authors' value for this formula (github.com/Jangho-Kim/Factor-Transfer-pytorch ``train_student.py``:
+``--beta`` default 500 on line 35, ``nn.L1Loss`` of ``utils.FT`` = ``F.normalize(x.view(B, -1))`` on lines
+108 and 177). RepDistiller's ``-b 200`` (``scripts/run_cifar_distill.sh``) was tuned for its own
+``FactorTransfer`` loss (``distiller_zoo/FT.py``), which compares ``normalize(F.pow(2).mean(1))``, a
+channel-pooled squared map of the factors, a different formula. Convs are 3x3 with LeakyReLU(0.1) (Linear
+layers for vector features); the paraphraser's last decoder layer is linear so features of either sign can
+be reconstructed. The paraphrasers' parameters are trainable after ``setup`` and during
+:meth:`FT.pretrain_loss`; the first main-stage ``forward`` turns their ``requires_grad`` off (they then get no
+gradient and no optimiser update).
 
 ``pretrain_epochs`` (default 30, RepDistiller's init stage) asks the engine to optimise
 :meth:`FT.pretrain_loss` (the reconstruction) alone for that many epochs before the main stage; with 0 the
@@ -97,13 +102,14 @@ class Translator(nn.Module):
 class FT(Method):
     """Factor transfer: ``beta * sum_pairs factor_loss(translator(student), paraphraser.encode(teacher))``.
 
-    The default taps the last convolutional map of the CIFAR ResNet / WRN / VGG zoo models
-    (``avgpool:input``, the paper's position); vector taps such as ``fc:input`` work too.
+    The default, ``auto``, taps the last stage's map (the paper's position; RepDistiller's ``feat[-2]``:
+    ``layer3`` of a CIFAR ResNet; ``distill.stages``); vector taps such as ``fc:input`` work too.
     """
 
-    def __init__(self, student_layers: list[str] = ["avgpool:input"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["avgpool:input"],  # noqa: B006
-                 beta: float = 200.0, rate: float = 0.5, pretrain_epochs: int = 30) -> None:
+    auto_layers = "last"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
+                 beta: float = 500.0, rate: float = 0.5, pretrain_epochs: int = 30) -> None:
         super().__init__()
         if not 0 < rate <= 1:
             raise DistillError(f"ft: rate (factor channels / teacher channels) must be in (0, 1], got {rate}")

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.connectors import auto_needs, is_auto, require_resolved
 from distill.engine import dist
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
@@ -93,28 +94,32 @@ class GraphConv(nn.Module):
 class HKD(Method):
     """Holistic KD (Zhou et al., ICCV 2021); terms ``hkd_ind`` and ``hkd_graph`` (both times ``beta``).
 
-    One tap per network, by default the penultimate embedding ``fc:input`` (maps are flattened). The heads, graph
-    convolutions and memory banks (``num_samples x feat_dim`` each, buffers: checkpointed) are built in ``setup``;
-    ``batch.index`` must index the training set seen there. Combine with ``ce`` or ``kd``.
+    One tap per network, by default (``auto``) the penultimate embedding (``fc:input`` of a zoo model; maps are
+    flattened). The heads, graph convolutions and memory banks (``num_samples x feat_dim`` each, buffers:
+    checkpointed) are built in ``setup``; ``batch.index`` must index the training set seen there. Combine with
+    ``ce`` or ``kd``.
     """
 
-    def __init__(self, student_layers: list[str] = ["fc:input"],  # noqa: B006  (copied, never mutated)
-                 teacher_layers: list[str] = ["fc:input"],  # noqa: B006
+    auto_layers = "embedding"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  feat_dim: int = 128, knn: int = 8, nce_k: int = 4096, nce_t: float = 0.07, nce_m: float = 0.9,
                  smooth_m: float = 0.75, beta: float = 3.0, graph: str = "own") -> None:
         super().__init__()
-        if len(student_layers) != 1 or len(teacher_layers) != 1:
+        auto = is_auto("hkd", student_layers, teacher_layers)
+        if not auto and (len(student_layers) != 1 or len(teacher_layers) != 1):
             raise DistillError(f"hkd: student_layers and teacher_layers take one layer each, got "
                                f"{student_layers!r} and {teacher_layers!r}")
         if feat_dim < 1 or knn < 1 or nce_k < 1 or nce_t <= 0 or not (0 <= nce_m < 1 and 0 <= smooth_m <= 1):
             raise DistillError("hkd: need feat_dim, knn, nce_k >= 1, nce_t > 0, 0 <= nce_m < 1, 0 <= smooth_m <= 1")
         if graph not in GRAPHS:
             raise DistillError(f"hkd: graph must be one of {GRAPHS}, got {graph!r}")
+        student_layers, teacher_layers = (['auto'], ['auto']) if auto else (student_layers, teacher_layers)
         self.s_layer, self.t_layer, self.graph = student_layers[0], teacher_layers[0], graph
         self.feat_dim, self.knn, self.nce_k, self.nce_t = feat_dim, knn, nce_k, nce_t
         self.nce_m, self.smooth_m, self.beta = nce_m, smooth_m, beta
-        self.needs = Needs(teacher=True, student_taps=(self.s_layer,), teacher_taps=(self.t_layer,),
-                           live_teacher=True)
+        self.needs = auto_needs() if auto else Needs(teacher=True, student_taps=(self.s_layer,),
+                                                     teacher_taps=(self.t_layer,), live_teacher=True)
         self.embed_s: Embed | None = None
         self.embed_t: Embed | None = None
         self.gnn_s: GraphConv | None = None
@@ -125,6 +130,7 @@ class HKD(Method):
 
     def setup(self, ctx: SetupContext) -> None:
         """Projection heads and graph convolutions from the probed tap shapes; the two memory banks."""
+        require_resolved("hkd", [] if self.s_layer == "auto" else [self.s_layer])
         dims = []
         for shapes, layer, role in ((ctx.student_shapes, self.s_layer, "student"),
                                     (ctx.teacher_shapes, self.t_layer, "teacher")):

@@ -9,15 +9,16 @@ and the transformation between consecutive feature maps (how far each instance m
 Edges and transformations are divided by their largest value, so the widths of student and teacher may differ
 and no connector is needed. The official code is Caffe; defaults follow the PyTorch reimplementation in
 Knowledge-Distillation-Zoo (w_vert 0.1, w_edge 5, w_tran 5, edges on two stage outputs and the embedding,
-transformation between the two stages). The layer default here is the embedding alone (``fc:input``, which
-every zoo model has), which has no transformation; name two stage outputs first for the paper's setting, e.g.
-``student_layers: [layer2, layer3, "fc:input"]`` on the zoo ResNets (docs/BENCHMARKS.md does).
+transformation between the two stages). The layer default here is the embedding alone (``auto``: the head's
+input, ``fc:input`` of a zoo model), which has no transformation; name two stage outputs first for the paper's
+setting, e.g. ``student_layers: [layer2, layer3, "fc:input"]`` on the zoo ResNets (docs/BENCHMARKS.md does).
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
+from distill.connectors import layer_lists
 from distill.methods.base import METHODS, Method
 from distill.methods.graph import distance_graph, transition
 from distill.methods.rkd import paired_features, relation_needs
@@ -28,13 +29,14 @@ from distill.types import Batch, LossOutput, ModelOutput, StepContext
 class IRG(Method):
     """Instance relationship graph: vertex, edge and transformation terms; returns only its own terms."""
 
+    auto_layers = "embedding"
+
     def __init__(self, w_vert: float = 0.1, w_edge: float = 5.0, w_tran: float = 5.0,
-                 student_layers: list[str] = ["fc:input"],  # noqa: B006 (never mutated)
-                 teacher_layers: list[str] = ["fc:input"]) -> None:  # noqa: B006
+                 student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto") -> None:
         super().__init__()
         self.w_vert, self.w_edge, self.w_tran = w_vert, w_edge, w_tran
-        self.s_layers, self.t_layers = list(student_layers), list(teacher_layers)
-        self.needs = relation_needs("irg", self.s_layers, self.t_layers)
+        self.needs = relation_needs("irg", student_layers, teacher_layers)
+        self.s_layers, self.t_layers = layer_lists("irg", student_layers, teacher_layers)
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "irg needs teacher outputs"

@@ -4,8 +4,10 @@ Like FSP, the knowledge is how information flows between layers, but each featur
 a truncated SVD. For a layer's map reshaped to X (B, HW, C) (a (B, D) vector is one row, HW = 1):
 
 1. V = top right singular vectors of X (C, k) per sample: k for the teacher, k + 3 candidates for the student.
-2. Singular vectors have arbitrary signs and the student's order may differ: for each teacher vector pick
-   the student candidate with the largest |cosine| and flip it to a positive cosine.
+   A singular vector's sign is the solver's arbitrary choice; here each is flipped so that its entry of
+   largest absolute value is positive (``canonical_signs``), so the loss does not depend on it.
+2. The student's order may differ: for each teacher vector pick the student candidate with the largest
+   |cosine| and flip it to a positive cosine.
 3. Scale both by the teacher's top-k singular values, L2-normalised over k.
 4. Between consecutive tapped layers l-1, l, a radial-basis "correlation" of every channel pair, per vector:
    R[c, c', n] = exp(-(V_l[c, n] - V_{l-1}[c', n])^2 / 8)            (C_l, C_{l-1}, k)
@@ -14,7 +16,11 @@ a truncated SVD. For a layer's map reshaped to X (B, HW, C) (a (B, D) vector is 
 Defaults follow the authors' code and its PyTorch ports (RepDistiller, mdistiller): k=1, beta=1, the
 network's stage outputs as sensing points (``layer1..3`` of the zoo's CIFAR ResNets; ``block1..3`` on WRNs).
 
-Simplifications, stated plainly:
+Departures from the reference, stated plainly:
+- The sign convention of step 1 is ours. The reference (RepDistiller ``distiller_zoo/KDSVD.py`` lines 23-25
+  and 69-75, a port of the authors' TensorFlow code) aligns the student to the teacher but keeps the teacher's
+  solver-chosen signs; R depends on the relative sign of consecutive layers' vectors, so its loss changes
+  when the solver flips a teacher vector.
 - The singular vectors come from a symmetric eigen-decomposition of the smaller Gram matrix (X^T X, or X X^T
   then V = normalise(X^T U)), with a hand-written backward that keeps only the top-k eigenvector terms and
   drops near-degenerate eigenvalue pairs. Full-SVD autograd divides by every singular-value gap and returns
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.connectors import layer_lists
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
 from distill.methods.rkd import paired_features, relation_needs
@@ -73,7 +80,8 @@ def as_matrix(f: Tensor) -> Tensor:
 
 def top_right_singular(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """x (B, M, C) -> (V (B, C, k') unit right singular vectors, squared singular values (B, k')), descending,
-    k' = min(k, M, C). Eigen-decomposes the smaller of X^T X and X X^T, in fp32 even under autocast."""
+    k' = min(k, M, C), signs canonical (``canonical_signs``). Eigen-decomposes the smaller of X^T X and
+    X X^T, in fp32 even under autocast."""
     b, m, c = x.shape
     k = min(k, m, c)
     with torch.autocast(x.device.type, enabled=False):
@@ -83,7 +91,17 @@ def top_right_singular(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
             v = F.normalize(x.transpose(1, 2) @ u, p=2, dim=1)  # (B, C, k): X^T u_n = s_n v_n
         else:
             lam, v = _TopEigh.apply(x.transpose(1, 2) @ x, k)  # (B, k), (B, C, k)
-    return v, lam
+    return canonical_signs(v), lam
+
+
+def canonical_signs(v: Tensor) -> Tensor:
+    """(B, C, k) -> (B, C, k): each vector flipped so that its entry of largest |value| is positive.
+
+    Removes the solver's arbitrary sign; the choice carries no gradient (a zero vector is left as is).
+    """
+    idx = v.detach().abs().argmax(dim=1, keepdim=True)  # (B, 1, k)
+    sign = v.detach().gather(1, idx).sign()  # (B, 1, k)
+    return v * torch.where(sign == 0, torch.ones_like(sign), sign)
 
 
 def align_signs(v_s: Tensor, v_t: Tensor) -> Tensor:
@@ -132,19 +150,21 @@ class KDSVD(Method):
     """KD-SVD (Lee et al., ECCV 2018); returns only ``kdsvd`` = beta * loss over >= 2 ordered taps.
 
     ``student_layers`` / ``teacher_layers`` are paired sensing points ordered shallow to deep, each a
-    (B, C, *S) map or a (B, D) vector. Cost: one batched eigen-decomposition of a min(HW, C)-sized Gram per
-    tap and sample.
+    (B, C, *S) map or a (B, D) vector; the default, ``auto``, is every stage's output (RepDistiller's
+    ``feat[1:-1]``: ``layer1..3`` of a CIFAR ResNet; ``distill.stages``). Cost: one batched eigen-decomposition
+    of a min(HW, C)-sized Gram per tap and sample.
     """
 
+    auto_layers = "stages"
+
     def __init__(self, beta: float = 1.0, k: int = 1, connector: bool = True,
-                 student_layers: list[str] = ["layer1", "layer2", "layer3"],  # noqa: B006 (never mutated)
-                 teacher_layers: list[str] = ["layer1", "layer2", "layer3"]) -> None:  # noqa: B006
+                 student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto") -> None:
         super().__init__()
         if k < 1:
             raise DistillError("kdsvd: k must be >= 1")
         self.beta, self.k, self.use_connector = beta, k, connector
-        self.s_layers, self.t_layers = list(student_layers), list(teacher_layers)
-        self.needs = relation_needs("kdsvd", self.s_layers, self.t_layers, min_layers=2)
+        self.needs = relation_needs("kdsvd", student_layers, teacher_layers, min_layers=2)
+        self.s_layers, self.t_layers = layer_lists("kdsvd", student_layers, teacher_layers)
         self.connectors = nn.ModuleList()  # per tap: Linear(C_s, C_t) or Identity; built by setup()
 
     def setup(self, ctx: SetupContext) -> None:

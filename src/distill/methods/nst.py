@@ -7,7 +7,8 @@ channel samples under the polynomial kernel ``k(x, y) = (x . y + c)^d`` (the pap
     MMD^2 = mean_{i,i'} k(t_i, t_i') + mean_{j,j'} k(s_j, s_j') - 2 mean_{i,j} k(s_j, t_i),
 
 averaged over the batch and weighted by ``beta`` = 50 (RepDistiller / mdistiller). Channel counts may
-differ; the student map is resized to the teacher's spatial size so the samples live in the same space.
+differ; of two maps of different spatial sizes the larger is average-pooled to the smaller's (RepDistiller's
+``NSTLoss``), so the samples live in the same space.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.connectors import feature_needs, layer_pairs, paired_features, probed_shapes, require_spatial, resize
+from distill.connectors import (
+    feature_needs,
+    layer_pairs,
+    paired_features,
+    pool_larger,
+    probed_shapes,
+    require_spatial,
+)
 from distill.methods.base import METHODS, Method
 from distill.types import Batch, LossOutput, ModelOutput, SetupContext, StepContext
 
@@ -28,8 +36,8 @@ def poly_kernel(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> Tensor
 
 def nst_loss(student: Tensor, teacher: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
     """(B, Cs, *Ss), (B, Ct, *St) -> scalar squared MMD between the channel-wise normalised spatial
-    patterns (the student's resized to St), averaged over the batch; computed in fp32."""
-    student = resize(student.float(), teacher.shape[2:])  # (B, Cs, *St)
+    patterns (the larger map pooled to the smaller's size), averaged over the batch; computed in fp32."""
+    student, teacher = pool_larger(student.float(), teacher.float())  # (B, Cs, *S), (B, Ct, *S)
     f_s = F.normalize(student.flatten(2), dim=2)  # (B, Cs, N)
     f_t = F.normalize(teacher.float().flatten(2), dim=2)  # (B, Ct, N)
     return (poly_kernel(f_t, f_t, degree, c).mean() + poly_kernel(f_s, f_s, degree, c).mean()
@@ -40,12 +48,13 @@ def nst_loss(student: Tensor, teacher: Tensor, degree: int = 2, c: float = 0.0) 
 class NST(Method):
     """Neuron selectivity transfer: ``beta * sum_pairs nst_loss(student, teacher)``.
 
-    The default taps the last convolutional map of the CIFAR ResNet / WRN / VGG zoo models
-    (``avgpool:input``); features must be (B, C, L) or (B, C, H, W).
+    The default, ``auto``, taps every stage's output, as RepDistiller (``feat[1:-1]``), paired by relative
+    depth (``distill.stages``); features must be (B, C, L) or (B, C, H, W).
     """
 
-    def __init__(self, student_layers: list[str] = ["avgpool:input"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["avgpool:input"],  # noqa: B006
+    auto_layers = "stages"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  beta: float = 50.0, degree: int = 2, c: float = 0.0) -> None:
         super().__init__()
         self.pairs = layer_pairs("nst", student_layers, teacher_layers)

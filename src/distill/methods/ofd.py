@@ -14,9 +14,9 @@ Margin: the paper reads ``m_c = E[t_c | t_c < 0]`` off the teacher's BatchNorm (
 gamma and beta). External teachers need not have a BN before the tapped ReLU, so here ``m_c`` is the mean
 of the negative entries of channel c in the current batch's teacher feature (0 for a channel with none).
 
-The taps should be pre-ReLU: for the zoo, a WRN's ``bn``, VGG's ``block4.bn{i}`` or the small CNN's
-``features.{i}.bn``. The default ``avgpool:input`` (post-ReLU, in every CIFAR ResNet / WRN / VGG) still
-works: the margins are then 0 and the loss matches the positive part and keeps the rest from rising above 0.
+The default taps, ``auto``, are every stage's pre-ReLU output, as mdistiller (``preact_feats[1:]``):
+``layer{1,2,3}.{last}.relu:input`` of a CIFAR ResNet, ``block{i}.relu{j}:input`` of a VGG (``distill.stages``). On
+post-ReLU taps the margins are 0 and the margin has no effect.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def ofd_loss(student: Tensor, teacher: Tensor, margin: Tensor) -> Tensor:
 class OFD(Method):
     """Overhaul of feature distillation: ``beta * sum_k 2^-(n-1-k) * ofd_loss(conn(s_k), t_k, margin(t_k))``."""
 
-    def __init__(self, student_layers: list[str] = ["avgpool:input"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["avgpool:input"],  # noqa: B006
+    auto_layers = "stages_preact"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  beta: float = 1e-3) -> None:
         super().__init__()
         self.pairs = layer_pairs("ofd", student_layers, teacher_layers)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.connectors import auto_needs, is_auto, require_resolved
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
 from distill.types import Batch, LossOutput, ModelOutput, Needs, SetupContext, StepContext
@@ -108,30 +109,39 @@ def warmup_factor(epoch: int, epochs: int, warmup_epochs: int) -> float:
 class ReviewKD(Method):
     """ReviewKD (Chen et al., CVPR 2021) with ABF fusion and the HCL loss; returns only ``beta * warmup * HCL``.
 
-    ``student_layers`` / ``teacher_layers`` are paired stages ordered shallow to deep (defaults: the zoo's
-    CIFAR ResNets, three stages plus the pooled embedding, as the paper's CIFAR setting). ``mid_channel=256``
-    is clamped to the deepest student stage's width; ``beta=1.0`` and ``warmup_epochs=20`` follow mdistiller
-    (see ``warmup_factor`` for short schedules). The paper pairs it with cross-entropy: ``methods: [ce, reviewkd]``.
+    ``student_layers`` / ``teacher_layers`` are paired stages ordered shallow to deep. The default, ``auto``, is
+    mdistiller's: the student's stage outputs and the teacher's pre-ReLU stage outputs (``preact_feats[1:]``),
+    each plus the pooled embedding (``distill.stages``). ``mid_channel=256`` is clamped to the deepest student
+    stage's width; ``beta=5`` is the weight of mdistiller's CIFAR configs for most pairs (its code default is 1)
+    and ``warmup_epochs=20`` its warm-up (see ``warmup_factor`` for short schedules). The paper pairs it with
+    cross-entropy: ``methods: [ce, reviewkd]``.
     """
 
-    def __init__(self, student_layers: list[str] = ["layer1", "layer2", "layer3", "fc:input"],  # noqa: B006
-                 teacher_layers: list[str] = ["layer1", "layer2", "layer3", "fc:input"],  # noqa: B006
-                 beta: float = 1.0, mid_channel: int = 256, warmup_epochs: int = 20) -> None:
+    auto_layers = "stages_tpreact+embedding"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
+                 beta: float = 5.0, mid_channel: int = 256, warmup_epochs: int = 20) -> None:
         super().__init__()
-        if not student_layers or len(student_layers) != len(teacher_layers):
+        if is_auto("reviewkd", student_layers, teacher_layers):
+            student_layers = teacher_layers = []
+            self.needs = auto_needs()
+        elif isinstance(student_layers, str) or isinstance(teacher_layers, str) or not student_layers \
+                or len(student_layers) != len(teacher_layers):
             raise DistillError(f"reviewkd: student_layers and teacher_layers must be paired lists of the same, "
                                f"non-zero length; got {len(student_layers)} and {len(teacher_layers)}")
         if mid_channel < 1 or warmup_epochs < 0:
             raise DistillError("reviewkd: need mid_channel >= 1 and warmup_epochs >= 0")
         self.s_layers, self.t_layers = list(student_layers), list(teacher_layers)
         self.beta, self.mid_channel, self.warmup_epochs = beta, mid_channel, warmup_epochs
-        self.needs = Needs(teacher=True, student_taps=tuple(self.s_layers), teacher_taps=tuple(self.t_layers),
-                           live_teacher=True)
+        if self.s_layers:
+            self.needs = Needs(teacher=True, student_taps=tuple(self.s_layers), teacher_taps=tuple(self.t_layers),
+                               live_teacher=True)
         self.abfs = nn.ModuleList()  # one per stage, shallow to deep; filled by setup()
         self.out_sizes: list[tuple[int, int]] = []
 
     def setup(self, ctx: SetupContext) -> None:
         """Build one ABF per stage from the probed student and teacher shapes."""
+        require_resolved("reviewkd", self.s_layers)
         s_shapes = [_map_shape(ctx.student_shapes, p, "student") for p in self.s_layers]  # (B, C, H, W) each
         t_shapes = [_map_shape(ctx.teacher_shapes, p, "teacher") for p in self.t_layers]
         mid = min(self.mid_channel, s_shapes[-1][1])  # tiny nets: no wider than the deepest student stage
@@ -142,6 +152,7 @@ class ReviewKD(Method):
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "reviewkd needs teacher outputs"
+        require_resolved("reviewkd", self.s_layers)
         if len(self.abfs) != len(self.s_layers):
             raise DistillError("reviewkd: setup() must run before the first forward (it builds the ABFs)")
         s_maps = [as_map(_feat(s, p, "student"), p) for p in self.s_layers]  # shallow -> deep

@@ -21,13 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.connectors import auto_needs, is_auto, layer_lists, require_resolved
 from distill.errors import DistillError
 from distill.methods.base import METHODS, Method
 from distill.types import Batch, LossOutput, ModelOutput, Needs, StepContext
 
 
-def relation_needs(name: str, student_layers: list[str], teacher_layers: list[str], min_layers: int = 1) -> Needs:
-    """Validate paired tap lists and return the ``Needs`` of a relation method on those taps."""
+def relation_needs(name: str, student_layers: list[str] | str, teacher_layers: list[str] | str,
+                   min_layers: int = 1) -> Needs:
+    """Validate paired tap lists and return the ``Needs`` of a relation method on those taps (placeholders while
+    both are ``auto``)."""
+    if is_auto(name, student_layers, teacher_layers):
+        return auto_needs()
     if len(student_layers) < min_layers or len(student_layers) != len(teacher_layers):
         raise DistillError(f"{name}: student_layers and teacher_layers must be paired lists of the same length "
                            f">= {min_layers}; got {len(student_layers)} and {len(teacher_layers)}")
@@ -46,6 +51,7 @@ def tapped(name: str, out: ModelOutput, layer: str, role: str) -> Tensor:
 def paired_features(name: str, s: ModelOutput, t: ModelOutput | None, student_layers: list[str],
                     teacher_layers: list[str]) -> list[tuple[Tensor, Tensor]]:
     """[(student (B, ...), teacher (B, ...) detached)] per layer pair, both in fp32."""
+    require_resolved(name, student_layers)
     assert t is not None, f"{name} needs teacher outputs"
     return [(tapped(name, s, ps, "student").float(), tapped(name, t, pt, "teacher").detach().float())
             for ps, pt in zip(student_layers, teacher_layers, strict=True)]
@@ -97,13 +103,14 @@ class RKD(Method):
     B^2 * D for the angle term.
     """
 
-    def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0,
-                 student_layers: list[str] = ["fc:input"],  # noqa: B006 (never mutated)
-                 teacher_layers: list[str] = ["fc:input"]) -> None:  # noqa: B006
+    auto_layers = "embedding"
+
+    def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, student_layers: list[str] | str = "auto",
+                 teacher_layers: list[str] | str = "auto") -> None:
         super().__init__()
         self.w_dist, self.w_angle = w_dist, w_angle
-        self.s_layers, self.t_layers = list(student_layers), list(teacher_layers)
-        self.needs = relation_needs("rkd", self.s_layers, self.t_layers)
+        self.needs = relation_needs("rkd", student_layers, teacher_layers)
+        self.s_layers, self.t_layers = layer_lists("rkd", student_layers, teacher_layers)
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         pairs = paired_features("rkd", s, t, self.s_layers, self.t_layers)

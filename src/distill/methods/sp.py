@@ -7,9 +7,9 @@ pair, with Q the batch's activations flattened to (B, D)::
     L = 1 / B^2 * ||G~_t - G~_s||_F^2,   loss = beta * sum over layer pairs of L
 
 Only B x B matrices are compared, so widths and spatial sizes may differ between student and teacher.
-beta=3000 is the paper's (and RepDistiller's / mdistiller's) weight. The paper and RepDistiller tap the
-last stage's feature map before pooling (e.g. ``layer3`` on the zoo's CIFAR ResNets); the default here is
-the pooled penultimate embedding ``fc:input``, which every zoo model has.
+beta=3000 is the paper's (and RepDistiller's / mdistiller's) weight. The default taps, ``auto``, are the paper's
+and RepDistiller's (``feat[-2]``): the last stage's feature map before pooling (``layer3`` of a CIFAR ResNet;
+``distill.stages``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.connectors import layer_lists
 from distill.methods.base import METHODS, Method
 from distill.methods.rkd import paired_features, relation_needs
 from distill.types import Batch, LossOutput, ModelOutput, StepContext
@@ -38,13 +39,14 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 class SP(Method):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019); returns only ``sp`` = beta * sum of layer losses."""
 
-    def __init__(self, beta: float = 3000.0,
-                 student_layers: list[str] = ["fc:input"],  # noqa: B006 (never mutated)
-                 teacher_layers: list[str] = ["fc:input"]) -> None:  # noqa: B006
+    auto_layers = "last"
+
+    def __init__(self, beta: float = 3000.0, student_layers: list[str] | str = "auto",
+                 teacher_layers: list[str] | str = "auto") -> None:
         super().__init__()
         self.beta = beta
-        self.s_layers, self.t_layers = list(student_layers), list(teacher_layers)
-        self.needs = relation_needs("sp", self.s_layers, self.t_layers)
+        self.needs = relation_needs("sp", student_layers, teacher_layers)
+        self.s_layers, self.t_layers = layer_lists("sp", student_layers, teacher_layers)
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         pairs = paired_features("sp", s, t, self.s_layers, self.t_layers)

@@ -8,8 +8,9 @@ is the negative log-likelihood (constant dropped)
 
     0.5 * mean_{b,c,n} [ (t - mu(s))^2 / sigma_c^2 + log sigma_c^2 ],
 
-summed over layer pairs and weighted by ``beta`` = 1 (RepDistiller / mdistiller). The student feature is
-first brought to the teacher's positions (resized, or globally pooled for a vector teacher).
+summed over layer pairs and weighted by ``beta`` = 1 (RepDistiller / mdistiller). Of two maps of different
+spatial sizes the larger is first average-pooled to the smaller's (RepDistiller's ``VIDLoss``); a spatial
+student is globally pooled for a vector teacher.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from distill.connectors import (
     flatten_spatial,
     layer_pairs,
     paired_features,
+    pool_larger,
+    pooled_size,
     probed_shapes,
     spatial_adapter,
 )
@@ -64,16 +67,25 @@ class VIDRegressor(nn.Module):
         return mean, F.softplus(self.alpha) + self.eps
 
 
+def _pooled(s: Sequence[int], t: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Probed shapes after :func:`pool_larger` (maps of equal rank meet at the smaller size)."""
+    if len(s) < 3 or len(s) != len(t):
+        return tuple(s), tuple(t)
+    size = pooled_size(s, t)
+    return (*s[:2], *size), (*t[:2], *size)
+
+
 @METHODS.register("vid")
 class VID(Method):
     """Variational information distillation: ``beta * sum_pairs vid_loss(mu(student), teacher, sigma^2)``.
 
-    The default taps the penultimate embedding (``fc:input``, in every zoo model; the paper's VID-LP
-    position); for the paper's VID-I pass intermediate maps (e.g. ``layer1..3`` of a CIFAR ResNet).
+    The default, ``auto``, taps every stage's output (the paper's VID-I; RepDistiller's ``feat[1:-1]``: ``layer1..3``
+    of a CIFAR ResNet), paired by relative depth (``distill.stages``); ``fc:input`` on both sides gives VID-LP.
     """
 
-    def __init__(self, student_layers: list[str] = ["fc:input"],  # noqa: B006  (never mutated)
-                 teacher_layers: list[str] = ["fc:input"],  # noqa: B006
+    auto_layers = "stages"
+
+    def __init__(self, student_layers: list[str] | str = "auto", teacher_layers: list[str] | str = "auto",
                  beta: float = 1.0, init_var: float = 5.0, eps: float = 1e-5) -> None:
         super().__init__()
         if not init_var > eps > 0:
@@ -85,13 +97,14 @@ class VID(Method):
 
     def setup(self, ctx: SetupContext) -> None:
         """One regressor (with its variances) per pair, sized from the probed shapes."""
-        self.regressors = nn.ModuleList(VIDRegressor(s, t, self.init_var, self.eps)
+        self.regressors = nn.ModuleList(VIDRegressor(*_pooled(s, t), self.init_var, self.eps)
                                         for s, t in probed_shapes("vid", ctx, self.pairs))
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         check_setup("vid", self.regressors, self.pairs)
         terms = []
         for reg, (fs, ft) in zip(self.regressors, paired_features("vid", s, t, self.pairs)):
+            fs, ft = pool_larger(fs, ft)  # the larger map at the smaller's size
             mean, var = reg(fs)  # (B, Ct, N), (Ct,)
             terms.append(vid_loss(mean, flatten_spatial(ft), var))
         loss = self.beta * torch.stack(terms).sum()

@@ -2,7 +2,7 @@
 
 ``resnet{depth}`` uses stem/stage widths 16/16/32/64; ``resnet{depth}x4`` uses 32/64/128/256, the
 wide variants common in distillation benchmarks. Depth is 6n+2 with n blocks per stage. Module paths:
-``conv1``, ``bn1``, ``layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2,shortcut}``, ``avgpool``, ``fc``.
+``conv1``, ``bn1``, ``layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2,shortcut,relu}``, ``avgpool``, ``fc``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(
                 ops.conv(c_in, c_out, kernel_size=1, stride=stride, bias=False), ops.bn(c_out)
             )
+        self.relu = nn.ReLU()  # a module, so that ``relu:input`` taps the pre-activation sum (OFD, ReviewKD)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, c_in, *S) -> (B, c_out, *S / stride)."""
@@ -39,7 +40,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         identity = x if self.shortcut is None else self.shortcut(x)
         # Out-of-place add and ReLU: a tap on ``bn2`` keeps the pre-residual value.
-        return F.relu(out + identity)
+        return self.relu(out + identity)
 
 
 class CifarResNet(nn.Module):
