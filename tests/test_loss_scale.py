@@ -103,6 +103,17 @@ def test_a_term_1000x_the_cross_entropy_warns_and_a_balanced_one_does_not(tmp_pa
                         f"{1000.0 / ratio:g}); the student may collapse: lower its weight or set weight: auto"]
 
 
+def test_a_blend_of_labels_and_teacher_is_not_flagged_but_a_term_beside_it_is(tmp_path: Path) -> None:
+    """kd's own alpha/beta set the label/teacher balance (its soft term dominates by design): no warning for it,
+    while a hint weighted 1e6 beside it still is flagged against kd's cross-entropy."""
+    job, lines = _job(tmp_path, [KD(T=4.0, alpha=1e-6, beta=1.0), FitNet(**TAPS, beta=1e6)])
+    check_loss_scale(job, _prepared(job), resumed=False)
+    record = json.loads((tmp_path / "loss_scale.json").read_text())
+    assert record["ratios"]["kd"] > 10  # kd's soft term measured far above its own tiny cross-entropy ...
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert len(warned) == 1 and warned[0].startswith("warning: fitnet gradient")  # ... and not warned about
+
+
 def test_without_cross_entropy_a_term_is_compared_with_the_largest_other(tmp_path: Path) -> None:
     job, lines = _job(tmp_path, [FitNet(**TAPS, beta=1.0), FitNet(**TAPS, beta=1.0)], [1.0, 1e5])
     check_loss_scale(job, _prepared(job), resumed=False)
