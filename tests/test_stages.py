@@ -217,3 +217,24 @@ def test_unresolved_auto_layers_and_a_bare_string_are_one_clear_error(name: str)
           StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1))
     with pytest.raises(DistillError, match="student_layers"):
         METHODS.get(name)(student_layers="layer3", teacher_layers="layer3")  # a path, not a list of paths
+
+
+def test_nst_and_vid_pool_the_larger_map_down_as_the_reference() -> None:
+    from distill.methods.nst import nst_loss
+    from distill.types import Batch, ModelOutput, SetupContext, StepContext
+
+    torch.manual_seed(0)
+    small, large = torch.randn(2, 4, 4, 4), torch.randn(2, 6, 8, 8)
+    pooled = F.adaptive_avg_pool2d(large, (4, 4))
+    assert torch.allclose(nst_loss(small, large), nst_loss(small, pooled))  # teacher larger: it is pooled
+    assert torch.allclose(nst_loss(large, small), nst_loss(pooled, small))  # student larger: it is pooled
+    vid = METHODS.get("vid")(student_layers=["s"], teacher_layers=["t"])
+    vid.setup(SetupContext({"s": (2, 4, 4, 4)}, {"t": (2, 6, 8, 8)}, 8, 10))
+    mean, var = vid.regressors[0](small)  # the regressor works at the smaller (student's) size
+    assert mean.shape == (2, 6, 16)
+    batch = Batch(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.arange(2))
+    ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+    out = vid(ModelOutput(torch.zeros(2, 10), {"s": small}), ModelOutput(torch.zeros(2, 10), {"t": large}), batch, ctx)
+    target = pooled.flatten(2)  # (B, C, 16): the teacher pooled to 4x4, as RepDistiller's VIDLoss
+    expect = 0.5 * ((mean - target).pow(2) / var.view(1, -1, 1) + var.log().view(1, -1, 1)).mean()
+    assert torch.allclose(out.loss, expect)
