@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import re
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.engine import dist
+from distill.engine.scale_report import is_ce, method_name, summary_line, warnings
 from distill.errors import DistillError
 from distill.io import write_json
 from distill.methods.base import Method, MethodSet
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from distill.engine.loop import FitJob
 
 FILE = "loss_scale.json"
-# a method's own weighting arguments, named in the warning (fitnet beta 100, rkd w_dist 25, kd alpha 0.1, ...)
-_WEIGHT_ARGS = re.compile(r"^(alpha|beta|gamma|weight|w_\w+|\w+_alpha|\w+_beta)$")
 
 
 @dataclass
@@ -70,12 +68,12 @@ def check_loss_scale(job: FitJob, step: Any, *, resumed: bool) -> None:
         job.methods.weights[i] = w
     norms = scaled_norms(scale, weights)
     found = warnings(job.methods, norms, scale, spec.max_ratio) if spec.check else []
-    lines = [_summary(job.desc, norms, scale)]
-    lines += [f"{job.desc}: weight: auto: {_method_name(job.methods.methods[i])} weight {w:.4g} (gradient norm "
+    lines = [summary_line(job.desc, norms, scale)]
+    lines += [f"{job.desc}: weight: auto: {method_name(job.methods.methods[i])} weight {w:.4g} (gradient norm "
               f"{scale.auto[i]:.3g} at weight 1, {spec.target:g}x the cross-entropy's)" for i, w in weights.items()]
     for line in lines + found:
         job.log(line)
-    names = {i: _method_name(job.methods.methods[i]) for i in weights}
+    names = {i: method_name(job.methods.methods[i]) for i in weights}
     record = {"fingerprint": job.fingerprint, **spec.model_dump(), "batches": scale.batches, "norms": norms,
               "measured": scale.terms, "ratios": {k: v / scale.ce for k, v in norms.items()} if scale.ce else {},
               "auto": {str(i): {"method": names[i], "norm_at_weight_1": scale.auto[i], "weight": w}
@@ -123,7 +121,7 @@ def auto_weights(methods: MethodSet, scale: Scale, target: float) -> dict[int, f
     """Method index -> the weight that makes its gradient norm ``target`` times the cross-entropy's."""
     out = {}
     for i in methods.auto:
-        name = f"methods.{i} ({_method_name(methods.methods[i])})"
+        name = f"methods.{i} ({method_name(methods.methods[i])})"
         own_ce = [t for t, owner in scale.owners.items() if owner == i and is_ce(t)]
         if own_ce:
             raise DistillError(f"{name}: weight: auto scales a method against the cross-entropy, but its own terms "
@@ -141,44 +139,6 @@ def auto_weights(methods: MethodSet, scale: Scale, target: float) -> dict[int, f
 def scaled_norms(scale: Scale, weights: dict[int, float]) -> dict[str, float]:
     """The terms' norms at the final weights (``auto`` methods were measured at 1.0, and norms scale linearly)."""
     return {t: n * weights.get(scale.owners.get(t, -1), 1.0) for t, n in scale.terms.items()}
-
-
-def warnings(methods: MethodSet, norms: dict[str, float], scale: Scale, max_ratio: float) -> list[str]:
-    """A line per distillation term whose gradient norm is over ``max_ratio`` times the cross-entropy's (without
-    one: the largest other term's). Methods with their own cross-entropy term (kd, dkd, dist) are left out: their
-    alpha/beta are the user's balance of labels and teacher, and Hinton's T^2 makes the soft term dominate by
-    design (kd alpha 0.1, beta 0.9 at T 4 measures ~30x on recipes/mnist-cnn-gap.yaml)."""
-    blended = {scale.owners[t] for t in norms if is_ce(t) and t in scale.owners}
-    lines = []
-    for term, norm in norms.items():
-        if is_ce(term) or scale.owners.get(term) in blended:
-            continue
-        ref, what = _reference(term, norms, scale.ce)
-        if ref and norm > max_ratio * ref:
-            i = scale.owners.get(term)
-            desc = f" ({describe(methods, i)})" if i is not None else ""
-            advice = "the student may collapse: lower its weight or set weight: auto" if scale.ce else \
-                "it drowns the other terms: lower its weight"
-            lines.append(f"warning: {term} gradient is {_times(norm / ref)} {what}{desc}; {advice}")
-    return lines
-
-
-def describe(methods: MethodSet, i: int) -> str:
-    """A method with its weighting arguments and weight, e.g. ``fitnet beta 100`` or ``kd alpha 0.1, beta 0.9``."""
-    method, weight = methods.methods[i], methods.weights[i]
-    init = getattr(method, "_init_args", None) or {}
-    args = [f"{k} {v:g}" for k, v in init.items()
-            if _WEIGHT_ARGS.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if i in methods.auto:
-        args.append(f"weight auto ({weight:.4g})")
-    elif weight != 1.0:
-        args.append(f"weight {weight:g}")
-    return f"{_method_name(method)} {', '.join(args)}".strip()
-
-
-def is_ce(term: str) -> bool:
-    """True for a cross-entropy term as MethodSet names it: ``ce``, ``kd.ce``, ``student.ce``, ``ce[teacher]``."""
-    return term.rsplit(".", 1)[-1].split("[", 1)[0] == "ce"
 
 
 def peek(loader: Any, n: int) -> list[Batch]:
@@ -289,35 +249,9 @@ def _restore(job: FitJob, auto: list[int]) -> bool:
         return False
     for i in auto:
         job.methods.weights[i] = float(stored[str(i)]["weight"])
-    shown = ", ".join(f"{_method_name(job.methods.methods[i])} {job.methods.weights[i]:.4g}" for i in auto)
+    shown = ", ".join(f"{method_name(job.methods.methods[i])} {job.methods.weights[i]:.4g}" for i in auto)
     job.log(f"{job.desc}: weight: auto: {shown}, as measured when the run started ({path})")
     return True
-
-
-def _summary(desc: str, norms: dict[str, float], scale: Scale) -> str:
-    parts = [f"{t} {n:.3g}" + (f" ({_times(n / scale.ce)})" if scale.ce and not is_ce(t) else "")
-             for t, n in norms.items()]
-    return f"{desc}: loss scale: gradient norms on the student ({scale.batches} batches): {', '.join(parts)}"
-
-
-def _reference(term: str, norms: dict[str, float], ce: float | None) -> tuple[float, str]:
-    """What ``term`` is compared with: the cross-entropy, else the largest other term (0: nothing)."""
-    if ce:
-        return ce, "the cross-entropy's"
-    others = {k: v for k, v in norms.items() if k != term and v > 0}
-    if not others:
-        return 0.0, ""
-    top = max(others, key=others.__getitem__)
-    return others[top], f"{top}'s (the largest other term)"
-
-
-def _times(ratio: float) -> str:
-    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
-
-
-def _method_name(method: Method) -> str:
-    spec = method.spec() if isinstance(method, Method) else None
-    return spec["name"] if spec else type(method).__name__.lower()
 
 
 def _cuda(device: str) -> list[int]:
