@@ -205,3 +205,14 @@ def test_recipes_and_python_both_accept_weight_auto(tmp_path: Path) -> None:
     assert build_methods(recipe).auto == [1] and recipe.train.loss_scale.target == 0.5
     assert _method_set(_methods(["ce", {"name": "fitnet", "weight": "auto"}])).auto == [1]
     assert "loss_scale" not in TrainSpec().model_dump()  # unset: recipes and fingerprints stay as they were
+
+
+def test_bench_method_args_take_weight_auto_and_refuse_other_strings(tmp_path: Path) -> None:
+    from distill.bench import load_method_args
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("fitnet: {weight: auto}\n")
+    bad.write_text("fitnet: {weight: big}\n")
+    assert load_method_args(str(good)) == {"fitnet": {"weight": "auto"}}
+    with pytest.raises(DistillError, match="fitnet.weight: expected a number or 'auto'"):
+        load_method_args(str(bad))

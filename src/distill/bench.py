@@ -63,8 +63,8 @@ def load_method_args(path: str | None) -> dict[str, dict[str, Any]]:
     for name, kwargs in args.items():
         cls = METHODS.get(name)
         weight = kwargs.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise DistillError(f"{file}: {name}.weight: expected a number (got {weight!r})")
+        if weight != "auto" and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+            raise DistillError(f"{file}: {name}.weight: expected a number or 'auto' (got {weight!r})")
         check_kwargs(cls, {k: v for k, v in kwargs.items() if k != "weight"}, f"{file}: {name}",
                      f"method '{name}'")
     return args
