@@ -1,0 +1,126 @@
+"""Issue 13's all-labels benchmark: every feature and relation method as ``ce + method`` and as ``kd + method``
+on pairs with a real teacher-student gap, read from finished ``distill bench`` runs and written into
+docs/BENCHMARKS.md (section ``all-labels``).
+
+Run the benches first (the commands are printed in the section), then::
+
+    .venv/bin/python benchmarks/all_labels.py
+
+Per entry: mean ± sample std over seeds of the last-epoch and best-validation-epoch test top-1, read from each
+run's ``model.json``. "Within one std of kd" means mean(kd + method) >= mean(kd) - max(std(kd), std(kd + method)),
+on last-epoch accuracy; "vs" columns compare last-epoch means.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from docs_section import replace_section  # noqa: E402
+
+METHODS = ["fitnet", "at", "nst", "fsp", "ft", "ab", "vid", "ofd", "reviewkd", "rkd", "sp", "cc", "pkt", "kdsvd",
+           "irg", "crd", "hkd"]
+PAIRS = {
+    "a": ("MNIST-1D, resnet32 (1-D convolutions) -> MLP [100, 100], every label, 30 epochs", "recipes/mnist1d-mlp.yaml",
+          "runs/mnist1d-mlp", "benchmarks/mnist1d-mlp-method-args.yaml"),
+    "b": ("MNIST, pretrained ccexam CNN -> cnn [8, 16] hidden 32, every label of 5,000 images, 10 epochs",
+          "recipes/mnist-cnn-gap.yaml", "runs/mnist-cnn-gap", "benchmarks/mnist-cnn-gap-method-args.yaml"),
+}
+LIST = ",".join(["kd", "dkd", "dist", *METHODS, *(f"kd+{m}" for m in METHODS)])
+
+
+def read(out: str) -> dict[str, dict[str, list[float]]]:
+    """Per bench entry, the last-epoch and best-validation-epoch test top-1 (%) of each finished seed, read from
+    the runs' ``model.json`` histories (so a bench still running gives its finished seeds; ``n`` says how many)."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for f in sorted(Path(out, "bench").glob("*/seed*/*/model.json")):
+        entry, role = f.parts[-4], f.parts[-2]
+        if role != ("scratch" if entry == "scratch" else "student"):
+            continue
+        hist = json.loads(f.read_text())["history"]
+        best = max(hist, key=lambda h: h["val_top1"])  # the first epoch of the best validation accuracy
+        row = rows.setdefault(entry, {"last": [], "best": []})
+        row["last"].append(100 * hist[-1]["test_top1"])
+        row["best"].append(100 * best["test_top1"])
+    return rows
+
+
+def skipped(out: str) -> dict[str, str]:
+    """Entries the bench could not build for the pair, with its reason (from bench.csv once written)."""
+    path = Path(out, "bench", "bench.csv")
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return {r["method"]: r["status"] for r in csv.DictReader(f) if r["status"] != "ok"}
+
+
+def teacher(out: str) -> str:
+    path = Path(out, "bench", "bench.csv")
+    if not path.is_file():
+        return "—"
+    with open(path) as f:
+        row = next((r for r in csv.DictReader(f) if r["method"] == "teacher"), None)
+    return f"{100 * float(row['top1_last_mean']):.2f}" if row else "—"
+
+
+def mean(row: dict[str, list[float]] | None, key: str = "last") -> float | None:
+    return statistics.mean(row[key]) if row else None
+
+
+def std(row: dict[str, list[float]], key: str = "last") -> float:
+    return statistics.stdev(row[key]) if len(row[key]) > 1 else 0.0
+
+
+def cell(row: dict[str, list[float]] | None) -> str:
+    if not row:
+        return "—"
+    return f"{mean(row):.2f} ± {std(row):.2f} / {mean(row, 'best'):.2f} ± {std(row, 'best'):.2f} ({len(row['last'])})"
+
+
+def table(rows: dict[str, dict[str, list[float]]], skip: dict[str, str],
+          teacher_top1: str) -> tuple[list[str], dict[str, int]]:
+    """The pair's table and its counts (applicable, above scratch, > 1 point below, within one std of kd)."""
+    scratch, kd = mean(rows["scratch"]), rows["kd"]
+    lines = ["| method | ce + method: last / best (seeds) | vs scratch | kd + method: last / best (seeds) | vs kd "
+             "| within 1 std of kd |", "|---|---:|---:|---:|---:|:---:|",
+             f"| teacher | {teacher_top1} | | | | |", f"| scratch | {cell(rows['scratch'])} | | | | |",
+             f"| kd | {cell(kd)} | {mean(kd) - scratch:+.2f} | | | |"]
+    lines += [f"| {m} (alone) | {cell(rows[m])} | {mean(rows[m]) - scratch:+.2f} | | | |"
+              for m in ("dkd", "dist") if m in rows]
+    counts = {"applicable": 0, "above scratch": 0, "more than 1 below scratch": 0, "within 1 std of kd": 0}
+    for m in METHODS:
+        alone, both = rows.get(m), rows.get(f"kd+{m}")
+        if alone is None:
+            lines.append(f"| {m} | not applicable: {skip.get(m, 'not run')} | | | | |")
+            continue
+        a, b = mean(alone), mean(both)
+        counts["applicable"] += 1
+        counts["above scratch"] += a > scratch
+        counts["more than 1 below scratch"] += a < scratch - 1
+        near = both is not None and b >= mean(kd) - max(std(kd), std(both))
+        counts["within 1 std of kd"] += near
+        vs_kd = f"{b - mean(kd):+.2f}" if both is not None else ""
+        verdict = "yes" if near else "no"
+        lines.append(f"| {m} | {cell(alone)} | {a - scratch:+.2f} | {cell(both)} | {vs_kd} | {verdict} |")
+    return lines, counts
+
+
+def section() -> str:
+    out = []
+    for key, (title, recipe, run, args) in PAIRS.items():
+        lines, counts = table(read(run), skipped(run), teacher(run))
+        out += [f"### Pair ({key}): {title}", "", "```bash",
+                f"OMP_NUM_THREADS=1 .venv/bin/distill bench {recipe} eval.latency=false --methods {LIST} "
+                f"--seeds 3 --method-args {args} --resume", "```", "", *lines, "",
+                "Counts over the applicable methods: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    text = section()
+    replace_section(Path(__file__).parent.parent / "docs" / "BENCHMARKS.md", "all-labels", text)
+    print(text)
