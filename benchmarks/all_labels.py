@@ -30,6 +30,28 @@ PAIRS = {
     "b": ("MNIST, pretrained ccexam CNN -> cnn [8, 16] hidden 32, every label of 5,000 images, 10 epochs",
           "recipes/mnist-cnn-gap.yaml", "runs/mnist-cnn-gap", "benchmarks/mnist-cnn-gap-method-args.yaml"),
 }
+ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its output folder)
+    ("dkd with logit standardisation (`standardize: true`, Sun et al. 2024), pair (a)",
+     "recipes/mnist1d-mlp.yaml eval.latency=false output_dir=runs/mnist1d-mlp-dkd-std "
+     "teacher.weights=runs/mnist1d-mlp/bench/teacher/model.safetensors --methods dkd --seeds 3 "
+     "--method-args benchmarks/ablation-dkd-standardize.yaml", "runs/mnist1d-mlp-dkd-std"),
+    ("dkd with logit standardisation, pair (b)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-dkd-std --methods dkd --seeds 3 "
+     "--method-args benchmarks/ablation-dkd-standardize.yaml", "runs/mnist-cnn-gap-dkd-std"),
+    ("`weight: auto` (each method's gradient norm set to the cross-entropy's), pair (a)",
+     "recipes/mnist1d-mlp.yaml eval.latency=false output_dir=runs/mnist1d-mlp-auto "
+     "teacher.weights=runs/mnist1d-mlp/bench/teacher/model.safetensors --methods kdsvd,cc --seeds 3 "
+     "--method-args benchmarks/ablation-weight-auto.yaml", "runs/mnist1d-mlp-auto"),
+    ("`weight: auto`, pair (b)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-auto --methods fitnet,at,nst "
+     "--seeds 3 --method-args benchmarks/ablation-weight-auto.yaml --resume", "runs/mnist-cnn-gap-auto"),
+    ("`weight: auto`, pair (b), more methods",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-auto2 --methods ofd,reviewkd,ft "
+     "--seeds 3 --method-args benchmarks/ablation-weight-auto.yaml --resume", "runs/mnist-cnn-gap-auto2"),
+    ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
+     "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
+     "runs/mnist-cnn-fitnet-auto"),
+]
 LIST = ",".join(["kd", "dkd", "dist", *METHODS, *(f"kd+{m}" for m in METHODS)])
 
 
@@ -120,7 +142,27 @@ def section() -> str:
     return "\n".join(out)
 
 
+def ablations() -> str:
+    """Each ablation bench's rows (from its bench.csv), under its command; benches not run yet are left out."""
+    out = ["### Ablations", ""]
+    for why, args, run in ABLATIONS:
+        path = Path(run, "bench", "bench.csv")
+        if not path.is_file():
+            continue
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r["status"] == "ok" and r["method"] != "teacher"]
+        out += [f"{why}:", "", "```bash", f"OMP_NUM_THREADS=1 .venv/bin/distill bench {args}", "```", "",
+                "| entry | runs | last (%) | best (%) | vs scratch (last) |", "|---|---:|---:|---:|---:|"]
+        for r in rows:
+            pct = [100 * float(r[k]) for k in ("top1_last_mean", "top1_last_std", "top1_best_mean", "top1_best_std")]
+            delta = f"{100 * float(r['delta_vs_scratch_last']):+.2f}" if r["delta_vs_scratch_last"] else "—"
+            out.append(f"| {r['method']} | {r['runs']} | {pct[0]:.2f} ± {pct[1]:.2f} | {pct[2]:.2f} ± {pct[3]:.2f} "
+                       f"| {delta} |")
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    text = section()
+    text = section() + "\n" + ablations()
     replace_section(Path(__file__).parent.parent / "docs" / "BENCHMARKS.md", "all-labels", text)
     print(text)
