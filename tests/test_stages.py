@@ -85,7 +85,7 @@ def test_pairing_by_relative_depth() -> None:
         assert all(a < b for a, b in zip(pairs, pairs[1:]))  # strictly deeper on both sides, no stage twice
 
 
-ZOO = ["resnet8", "resnet32x4", "wrn_16_2", "vgg8", "cnn"]
+ZOO = ["resnet8", "resnet32x4", "wrn_16_2", "vgg8", "cnn", "lenet5", "mlp"]  # every vision family of the zoo
 
 
 @pytest.mark.parametrize(("teacher", "student"), list(itertools.permutations(ZOO, 2)))
