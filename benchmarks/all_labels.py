@@ -48,6 +48,10 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
     ("`weight: auto`, pair (b), more methods",
      "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-auto2 --methods ofd,reviewkd,ft "
      "--seeds 3 --method-args benchmarks/ablation-weight-auto.yaml --resume", "runs/mnist-cnn-gap-auto2"),
+    ("`weight: auto`, pair (b), the relation and contrastive methods (one seed)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-auto3 "
+     "--methods sp,pkt,irg,hkd,crd,kdsvd --seeds 1 --method-args benchmarks/ablation-weight-auto.yaml --resume",
+     "runs/mnist-cnn-gap-auto3"),
     ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
      "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
      "runs/mnist-cnn-fitnet-auto"),
