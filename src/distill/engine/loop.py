@@ -22,7 +22,7 @@ from distill.data.stream import head
 from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog
-from distill.engine.meter import Meter
+from distill.engine.meter import Meter, warn_spikes
 from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.engine.outputs import as_fp32, model_output
 from distill.engine.scale import check_loss_scale
@@ -96,6 +96,7 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
         job.history.append(stats)
         dist.on_main(partial(_save_epoch, job, opt, sched, epoch + 1, logger))
         job.log(_describe(job.desc, stats))
+        warn_spikes(job.desc, job.train.grad_clip, stats, job.log)
     if logger is not None:
         logger.close()
     opt.zero_grad(set_to_none=True)  # a trained model carries no stale gradients (and frees their memory)
@@ -253,7 +254,9 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             step.scaler.scale(out.loss).backward()
             if job.train.grad_clip:
                 step.scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, job.train.grad_clip)
+                meter.add_grad_norm(nn.utils.clip_grad_norm_(params, job.train.grad_clip))
+            elif not step.scaler.is_enabled():  # scaled AMP gradients: no true norm without a host sync
+                meter.add_grad_norm(nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
             step.scaler.step(opt)
             step.scaler.update()
             sched.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ class Meter:
     def __init__(self, desc: str, out_dir: Path, epoch: int, n_steps: int) -> None:
         self.desc, self.out_dir, self.epoch, self.n_steps = desc, out_dir, epoch, n_steps
         self.window: list[tuple[Tensor, dict[str, Tensor]]] = []
+        self.grad_norms: list[Tensor] = []  # one 0-d tensor per step, read once at the end of the epoch
         self.sums: dict[str, float] = {}
         self.steps = 0
         self.samples = 0
@@ -29,6 +31,10 @@ class Meter:
     def add(self, loss: Tensor, terms: dict[str, Tensor], n: int) -> None:
         self.window.append((loss.detach(), {k: v.detach() for k, v in terms.items()}))
         self.samples += n
+
+    def add_grad_norm(self, norm: Tensor) -> None:
+        """The step's total gradient norm (before clipping), kept on the device until ``summary``."""
+        self.grad_norms.append(norm.detach())
 
     def flush(self) -> str:
         """Fold the window into the epoch sums (one host sync) and return the running means as text.
@@ -65,4 +71,24 @@ class Meter:
         out: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr}
         out.update({k: v / max(1, self.steps) for k, v in self.sums.items()})
         out.update({"seconds": round(seconds, 3), "samples_per_s": round(self.samples / max(seconds, 1e-9), 1)})
+        if self.grad_norms:
+            norms = torch.stack(self.grad_norms).float()
+            norms = norms[torch.isfinite(norms)]  # AMP overflow steps are skipped by the scaler anyway
+            if len(norms):
+                out.update(grad_norm_median=float(norms.median()), grad_norm_max=float(norms.max()))
         return out
+
+
+SPIKE_RATIO = 20.0  # max/median step gradient norm; plain cross-entropy training stays under ~5 (measured)
+
+
+def warn_spikes(desc: str, grad_clip: float | None, stats: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Warn when, in a run's first epoch, a few steps' gradients dwarf the typical step: momentum SGD then throws
+    the weights far off (units die, the student stops learning) unless ``train.grad_clip`` caps them. Only the
+    first epoch: late in training the median falls towards zero and any hard batch would look like a spike."""
+    top, mid = stats.get("grad_norm_max"), stats.get("grad_norm_median")
+    if grad_clip or stats.get("epoch") != 1 or top is None or not mid or top <= SPIKE_RATIO * mid:
+        return
+    log(f"{desc}: warning: gradient spikes in the first epoch: the largest step's gradient norm is "
+        f"{top / mid:.0f}x the epoch's median ({top:.3g} against {mid:.3g}); the model may stop learning: "
+        f"set train.grad_clip (e.g. {2 * mid:.2g}, twice the median)")
