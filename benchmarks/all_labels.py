@@ -29,6 +29,8 @@ PAIRS = {
           "runs/mnist1d-mlp", "benchmarks/mnist1d-mlp-method-args.yaml"),
     "b": ("MNIST, pretrained ccexam CNN -> cnn [8, 16] hidden 32, every label of 5,000 images, 10 epochs",
           "recipes/mnist-cnn-gap.yaml", "runs/mnist-cnn-gap", "benchmarks/mnist-cnn-gap-method-args.yaml"),
+    "c": ("MNIST-1D, resnet32 (1-D convolutions, BatchNorm) -> cnn [8, 16] hidden 32, every label, 30 epochs",
+          "recipes/mnist1d-cnn.yaml", "runs/mnist1d-cnn", "benchmarks/mnist1d-mlp-method-args.yaml"),
 }
 ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its output folder)
     ("dkd with logit standardisation (`standardize: true`, Sun et al. 2024), pair (a)",
@@ -52,6 +54,21 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-auto3 "
      "--methods sp,pkt,irg,hkd,crd,kdsvd --seeds 1 --method-args benchmarks/ablation-weight-auto.yaml --resume",
      "runs/mnist-cnn-gap-auto3"),
+    ("`train.grad_clip: 2` (every step's gradient norm capped; the scratch student too), pair (b)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false train.grad_clip=2 output_dir=runs/mnist-cnn-gap-clip "
+     "--methods pkt,crd,ab --seeds 3 --method-args benchmarks/mnist-cnn-gap-method-args.yaml --resume",
+     "runs/mnist-cnn-gap-clip"),
+    ("`train.grad_clip: 2`, pair (b), the other methods more than 1 point below scratch (one seed)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false train.grad_clip=2 output_dir=runs/mnist-cnn-gap-clip1 "
+     "--methods irg,hkd,nst,sp,ofd,fsp,at,fitnet,kdsvd,ft --seeds 1 "
+     "--method-args benchmarks/mnist-cnn-gap-method-args.yaml --resume", "runs/mnist-cnn-gap-clip1"),
+    ("irg without its vertex term (`w_vert: 0`), pair (b)",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/mnist-cnn-gap-irgnv --methods irg --seeds 3 "
+     "--method-args benchmarks/ablation-irg-novertex.yaml --resume", "runs/mnist-cnn-gap-irgnv"),
+    ("`weight: auto`, pair (c), every method more than 1 point below scratch at its defaults",
+     "recipes/mnist1d-cnn.yaml eval.latency=false output_dir=runs/mnist1d-cnn-auto "
+     "teacher.weights=runs/mnist1d-cnn/bench/teacher/model.safetensors --methods at,nst,sp,pkt,ofd,fitnet,crd,fsp,"
+     "hkd,ft --seeds 3 --method-args benchmarks/ablation-weight-auto-30ep.yaml --resume", "runs/mnist1d-cnn-auto"),
     ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
      "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
      "runs/mnist-cnn-fitnet-auto"),
