@@ -493,3 +493,27 @@ def test_logit_matching_is_mean_absolute_or_squared_logit_error() -> None:
     assert l2.loss.item() == pytest.approx(2.0 * (1 + 9 + 4 + 0) / 4 + 0.5 * ce, rel=1e-6)
     with pytest.raises(ValueError, match="p must be 1"):
         METHODS.get("logits")(p=3)
+
+
+def test_kdsvd_eigh_survives_a_solver_that_fails_to_converge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 eigh fails on some ill-conditioned Gram matrices (seen on MNIST-1D, kd + kdsvd); training must go on
+    with the fp64 answer, and a non-finite Gram matrix must come out as NaN for the engine's non-finite check."""
+    from distill.methods import kdsvd
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4)
+    gram = x.transpose(1, 2) @ x  # (3, 4, 4)
+    expected = torch.linalg.eigh(gram.double())
+    real = torch.linalg.eigh
+
+    def fp32_fails(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge (error code: 19)")
+        return real(a)
+
+    monkeypatch.setattr(torch.linalg, "eigh", fp32_fails)
+    lam, vec = kdsvd.robust_eigh(gram)
+    assert lam.dtype == torch.float32 and torch.allclose(lam, expected[0].float())
+    assert torch.allclose(vec.abs(), expected[1].float().abs(), atol=1e-5)
+    lam, vec = kdsvd.robust_eigh(gram.masked_fill(torch.eye(4, dtype=torch.bool), float("nan")))
+    assert torch.isnan(lam).all() and torch.isnan(vec).all()

@@ -52,7 +52,7 @@ class _TopEigh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, gram: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        lam, vec = torch.linalg.eigh(gram)  # (B, N) ascending, (B, N, N)
+        lam, vec = robust_eigh(gram)  # (B, N) ascending, (B, N, N)
         lam_k, vec_k = lam[:, -k:].flip(-1), vec[:, :, -k:].flip(-1)  # (B, k), (B, N, k)
         ctx.save_for_backward(lam, vec, lam_k, vec_k)
         return lam_k, vec_k
@@ -69,6 +69,26 @@ class _TopEigh(torch.autograd.Function):
         coef = torch.where(usable, proj / torch.where(usable, gap, torch.ones_like(gap)), torch.zeros_like(gap))
         grad = grad + vec @ coef @ vec_k.transpose(1, 2)  # (B, N, N)
         return (grad + grad.transpose(1, 2)) / 2, None
+
+
+def robust_eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of symmetric (B, N, N) matrices that does not stop training when the fp32 solver
+    fails to converge (ill-conditioned Gram matrices with repeated eigenvalues, met on MNIST-1D): it retries in
+    fp64, then with a jitter of 1e-6 of the mean diagonal. Non-finite input gives NaN, which the engine reports
+    as a non-finite loss."""
+    if not torch.isfinite(gram).all():
+        return torch.full_like(gram[..., 0], float("nan")), torch.full_like(gram, float("nan"))
+    try:
+        return torch.linalg.eigh(gram)  # the common case, unchanged (runs stay bit-identical)
+    except torch.linalg.LinAlgError:
+        g = gram.double()
+        try:
+            lam, vec = torch.linalg.eigh(g)
+        except torch.linalg.LinAlgError:
+            eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+            jitter = 1e-6 * g.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-12)  # (B,)
+            lam, vec = torch.linalg.eigh(g + jitter[:, None, None] * eye)
+        return lam.to(gram.dtype), vec.to(gram.dtype)
 
 
 def as_matrix(f: Tensor) -> Tensor:
