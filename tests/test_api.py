@@ -258,3 +258,11 @@ def test_fit_resume_skips_finished_roles(tmp_path: Path, teacher_file: Path) -> 
         (tmp_path / "student" / "model.json").unlink()
         distill.fit(teacher=_teacher(teacher_file), student=_student(seed=1), methods=["kd"], training=TRAINING,
                     batch_size=64, labels_per_class=10, output_dir=tmp_path, resume=True, **QUIET, **args)
+
+
+def test_fit_refuses_a_negative_weight_before_training(tmp_path: Path) -> None:
+    x, y = digits_arrays()
+    with pytest.raises(DistillError, match=r"methods\.0\.alpha: a negative loss weight \(-1\.0\)"):
+        distill.fit(student=_student(), train=(x[:300], y[:300]), methods=[{"name": "ce", "alpha": -1}],
+                    epochs=1, output_dir=tmp_path, **QUIET)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -50,11 +50,29 @@ def test_valid_recipe_is_frozen_and_typed() -> None:
     ({"method": {"name": "kd", "Tx": 2}}, "method.Tx: unknown key for method 'kd'"),
     ({"method": {"name": "kd", "T": "hot"}}, "method.T"),
     ({"method": {"name": "kdd"}}, "unknown method 'kdd'; did you mean 'kd'"),
+    # numbers that would train silently wrong: gradient ascent on a term, a temperature that divides by zero, NaN
+    ({"method": {"name": "kd", "alpha": -1}}, "method.alpha: a negative loss weight (-1.0)"),
+    ({"method": {"name": "rkd", "w_angle": -50}}, "method.w_angle: a negative loss weight"),
+    ({"method": {"name": "at", "weight": -2}}, "method.weight: a negative loss weight"),
+    ({"method": {"name": "kd", "T": 0}}, "method.T: a temperature must be > 0"),
+    ({"method": {"name": "crd", "nce_t": -0.07}}, "method.nce_t: a temperature must be > 0"),
+    ({"method": {"name": "kd", "T": float("inf")}}, "method.T: must be a finite number for method 'kd', got inf"),
+    ({"method": {"name": "kd", "T": float("nan")}}, "method.T: NaN is not a usable value"),
+    ({"train": {"optimizer": {"lr": float("nan")}}}, "train.optimizer.lr: NaN is not a usable value"),
 ])
 def test_bad_recipes_name_the_key(change: dict, needle: str) -> None:
     with pytest.raises(DistillError) as e:
         recipe_from_dict(_raw(**change))
     assert needle in str(e.value)
+
+
+def test_negative_weight_is_an_explicit_choice() -> None:
+    r = recipe_from_dict(_raw(method={"name": "kd", "alpha": -1, "allow_negative": True}))
+    assert r.methods[0].kwargs == {"alpha": -1} and r.methods[0].allow_negative
+    # the opt-in is not a method argument, and leaves the fingerprint of every run that does not use it alone
+    from distill.plan import recipe_identity
+
+    assert "allow_negative" not in recipe_identity(recipe_from_dict(_raw()))["methods"][0]
 
 
 def test_missing_student_and_missing_teacher() -> None:
@@ -86,6 +104,16 @@ def test_load_recipe_file_errors(tmp_path: Path) -> None:
     bad.write_text("data: {name: digits\nstudent: [")
     with pytest.raises(DistillError, match="malformed YAML at line"):
         load_recipe(bad)
+    # a key given twice: plain YAML keeps the second block and drops the first without a word
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data: {name: digits}\ntrain: {epochs: 3, optimizer: {lr: 0.01}}\nstudent: {name: mlp}\n"
+                     "train: {epochs: 5}\n")
+    with pytest.raises(DistillError, match=r"at line 4, column 1: duplicate key 'train' \(first given at line 2\)"):
+        load_recipe(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("data: {name: digits}\nstudent: {name: mlp, hidden: [8], hidden: [16]}\n")
+    with pytest.raises(DistillError, match="duplicate key 'hidden'"):
+        load_recipe(nested)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     with pytest.raises(DistillError, match="must be a mapping"):

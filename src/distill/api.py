@@ -41,7 +41,7 @@ from distill.recipe import (
     validate_part,
 )
 from distill.run import Outcome, execute
-from distill.spec_check import check_kwargs
+from distill.spec_check import check_kwargs, check_method_numbers
 from distill.strategies import STRATEGIES, Strategy, build_strategy
 
 Part = nn.Module | str | dict[str, Any]
@@ -141,6 +141,7 @@ def _methods(methods: Any) -> list[tuple[Method, float, dict[str, Any] | None]]:
             raise DistillError(f"fit: methods[{i}] is a {type(m).__name__}: give a Method, a name or a dict")
         ms = validate_part(MethodSpec, entry, f"methods.{i}")
         check_kwargs(METHODS.get(ms.name), ms.kwargs, f"methods.{i}", f"method '{ms.name}'")
+        check_method_numbers(ms.kwargs, ms.weight, f"methods.{i}", f"method '{ms.name}'", ms.allow_negative)
         method = METHODS.get(ms.name)(**ms.kwargs)
         method.teacher_key = ms.teacher
         out.append((method, ms.weight, entry))

@@ -147,6 +147,8 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     for m in body.get("methods", []):
         if m.get("teacher") is None:
             m.pop("teacher", None)
+        if not m.get("allow_negative"):
+            m.pop("allow_negative", None)
     return body
 
 

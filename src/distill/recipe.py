@@ -6,6 +6,7 @@ arguments sit flat next to ``name`` and are checked against the registered build
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from pathlib import Path
@@ -19,7 +20,25 @@ from distill.registry import closest
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``)."""
+    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``) and refuses a key given
+    twice in one mapping (plain YAML keeps the last: a second ``train:`` block would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given at line {first.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -137,6 +156,7 @@ class ModelSpec(_Open):
 class MethodSpec(_Open):
     weight: float | Literal["auto"] = 1.0  # auto: set from measured gradient norms (train.loss_scale.target)
     teacher: str | None = None  # strategy multi_teacher: the named teacher this method reads (default: the ensemble)
+    allow_negative: bool = False  # opt-in for negative loss weights (gradient ascent on a term)
 
     @field_validator("weight", mode="before")
     @classmethod
@@ -281,6 +301,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw dict into a Recipe, then check component arguments against the registries."""
     singular = "method" in raw
+    from distill.spec_check import numbers_in
+
+    for key, value in numbers_in(raw, ""):
+        if math.isnan(value):
+            raise DistillError(f"{source}: {key.lstrip('.')}: NaN is not a usable value")
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from distill.errors import DistillError
-from distill.spec_check import check_kwargs
+from distill.spec_check import check_kwargs, check_method_numbers
 
 if TYPE_CHECKING:
     from distill.recipe import Recipe
@@ -33,7 +33,9 @@ def check_components(recipe: Recipe, singular: bool) -> None:
                          skip=("num_classes", "input_shape"))
     for i, m in enumerate(recipe.methods):
         cls = METHODS.get(m.name)
-        check_kwargs(cls, m.kwargs, "method" if singular else f"methods.{i}", f"method '{m.name}'")
+        where = "method" if singular else f"methods.{i}"
+        check_kwargs(cls, m.kwargs, where, f"method '{m.name}'")
+        check_method_numbers(m.kwargs, m.weight, where, f"method '{m.name}'", m.allow_negative)
     strategy = STRATEGIES.get(recipe.strategy.name)
     check_kwargs(strategy, recipe.strategy.kwargs, "strategy", f"strategy '{recipe.strategy.name}'")
     strategy(**recipe.strategy.kwargs).check(recipe)

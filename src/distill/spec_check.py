@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -51,3 +52,41 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, wha
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Method arguments that weight a loss term, and those that are temperatures, by name across every method.
+WEIGHT_KEYS = ("weight", "alpha", "beta", "gamma")
+TEMPERATURE_KEYS = ("T", "temperature", "tau", "nce_t")
+
+
+def numbers_in(value: Any, path: str) -> list[tuple[str, float]]:
+    """Every real number inside ``value`` (nested lists and dicts), with its dotted path."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [(path, float(value))]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in numbers_in(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [n for i, v in enumerate(value) for n in numbers_in(v, f"{path}.{i}")]
+    return []
+
+
+def check_method_numbers(kwargs: dict[str, Any], weight: Any, where: str, what: str,
+                         allow_negative: bool = False) -> None:
+    """Every number a method takes is finite; temperatures are positive; loss weights (``weight``, ``alpha``,
+    ``beta``, ``gamma``, ``w_*``) are not negative unless ``allow_negative`` (gradient ascent on a term is a
+    deliberate choice, never a typo's). One DistillError naming the key."""
+    for path, v in numbers_in({**kwargs, "weight": weight}, where):
+        if not math.isfinite(v):
+            raise DistillError(f"{path}: must be a finite number for {what}, got {v}")
+    for key, value in kwargs.items():
+        if key in TEMPERATURE_KEYS and isinstance(value, (int, float)) and value <= 0:
+            raise DistillError(f"{where}.{key}: a temperature must be > 0 for {what}, got {value}")
+    if allow_negative:
+        return
+    weights = {k: v for k, v in {**kwargs, "weight": weight}.items() if k in WEIGHT_KEYS or k.startswith("w_")}
+    for path, v in numbers_in(weights, where):
+        if v < 0:
+            raise DistillError(f"{path}: a negative loss weight ({v}) makes training ascend that term for {what}; "
+                               "set allow_negative: true on the method entry if that is intended")
