@@ -346,3 +346,17 @@ def test_mnist1d() -> None:
     assert (len(d.train), len(d.val), len(d.test)) == (3600, 400, 1000)
     assert d.input_shape == (1, 40) and d.num_classes == 10 and d.mean == (0.0,)
     assert np.array_equal(np.random.get_state()[1], state[1])  # generator left global RNG alone
+
+
+def test_one_class_and_runaway_label_ids_are_refused() -> None:
+    from distill.data.splits import python_data
+
+    x = torch.randn(40, 3)
+    with pytest.raises(DistillError, match="every train label is 7; a classifier needs at least two classes"):
+        python_data((x, torch.full((40,), 7)), (x[:8], torch.full((8,), 7)), (x[:8], torch.full((8,), 7)))
+    y = torch.arange(40) % 2
+    y[3] = 10**12  # a row id where a class should be: num_classes would be 10^12 + 1
+    with pytest.raises(DistillError, match=r"labels imply 1,000,000,000,001 classes .* for 3 distinct labels"):
+        python_data((x, y), (x[:8], y[4:12]), (x[:8], y[4:12]))
+    ok = python_data((x, torch.arange(40) % 2), (x[:8], torch.arange(8) % 2), (x[:8], torch.arange(8) % 2))
+    assert ok.num_classes == 2

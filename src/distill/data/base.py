@@ -215,7 +215,21 @@ def _check_kwargs(name: str, builder: Callable[..., RawSplits], kwargs: dict) ->
             raise DistillError(f"dataset {name!r}: missing required option {key!r}")
 
 
+MAX_CLASSES = 1 << 24  # a label id beyond this is a data error (a hash, a row id), not a class to allocate logits for
+
+
 def _check_labels(name: str, raw: RawSplits) -> None:
+    """Every split non-empty with labels in 0..num_classes-1, at least two classes to tell apart, and a class
+    count a model can hold: one DistillError naming the dataset and split otherwise."""
+    if raw.num_classes > MAX_CLASSES:
+        present = int(torch.unique(raw.train.y).numel())
+        raise DistillError(f"dataset {name!r}: labels imply {raw.num_classes:,} classes (largest label "
+                           f"{raw.num_classes - 1}) for {present} distinct labels in the train split; remap the labels "
+                           "to 0..K-1")
+    classes = torch.unique(raw.train.y) if len(raw.train) else torch.empty(0)
+    if len(classes) == 1:
+        raise DistillError(f"dataset {name!r}: every train label is {int(classes[0])}; a classifier needs at least "
+                           "two classes (every model would score 100%)")
     for split in ("train", "val", "test"):
         ds: ArrayDataset = getattr(raw, split)
         if len(ds) == 0:
