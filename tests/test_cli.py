@@ -152,3 +152,17 @@ def test_inspect_demo_teacher_lists_module_paths(capsys) -> None:
                         ("classifier.0", "(2, 128)"), ("classifier.2", "(2, 10)")]:
         line = next(ln for ln in out.splitlines() if ln.split()[:1] == [path])
         assert shape in line, line
+
+
+@pytest.mark.parametrize(("device", "needle"), [
+    ("cuda", "device: 'cuda', but CUDA is not available on this machine"),
+    ("gpu", "device: 'gpu' is not a device torch knows"),
+])
+def test_a_device_this_machine_lacks_is_refused_before_anything_runs(tmp_path: Path, capsys, device: str,
+                                                                      needle: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    recipe = write_recipe(tmp_path, digits_recipe(tmp_path, device=device))
+    code, _, err = cli(capsys, "run", str(recipe))
+    _assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()  # found before the data loaded or a teacher trained

@@ -23,7 +23,7 @@ from distill.build import build_arch
 from distill.cache.build import dataset_hash, hash_tensors
 from distill.data import DataSplits, build_data, python_data
 from distill.data.augment import Augment
-from distill.engine.dist import distributed, main_log, on_main
+from distill.engine.dist import check_device, distributed, main_log, on_main
 from distill.errors import DistillError
 from distill.io import write_text
 from distill.methods import METHODS, Method, MethodSet
@@ -83,6 +83,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
     """
     if student is None or train is None:
         raise DistillError("fit: give at least student= and train=")
+    check_device(device)
     spec = _training(training, epochs)
     method_list = _methods(methods)
     raw = _raw_recipe(teacher, student, train, method_list, spec, locals())

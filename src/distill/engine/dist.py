@@ -85,6 +85,24 @@ def _quiet(_: str) -> None:
     pass
 
 
+def check_device(device: str) -> None:
+    """One DistillError, before anything loads or trains, for a device string torch cannot parse or a device this
+    machine does not have (``cuda`` without CUDA would otherwise fail deep inside the first ``.to``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DistillError(f"device: {device!r} is not a device torch knows; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cpu":
+        return
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise DistillError(f"device: {device!r}, but {dev.type.upper()} is not available on this machine "
+                           "(use device: cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DistillError(f"device: {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def local_device(device: str) -> str:
     """The device this rank trains on: ``cuda`` becomes ``cuda:LOCAL_RANK`` inside a process group."""
     if device == "cuda" and is_distributed():
