@@ -21,6 +21,7 @@ from distill.bench_write import Row, write_bench
 from distill.build import load_data, output_classes
 from distill.data import DataSplits
 from distill.errors import DistillError
+from distill.io import first_line
 from distill.plan import plan_from_recipe
 from distill.recipe import Recipe, parse_value, recipe_from_dict
 from distill.run import Trained, execute, obtain_teacher, train_scratch
@@ -138,7 +139,7 @@ def _bench_seed(recipe: Recipe, seed: int, entries: list[tuple[str, str, dict[st
         try:
             outcome = execute(plan, resume=resume, log=_tagged(log, label, seed))
         except DistillError as e:
-            rows.setdefault(label, Row(label)).status = f"failed: {str(e).splitlines()[0]}"
+            rows.setdefault(label, Row(label)).status = f"failed: {first_line(e)}"
             log(f"warning: {label} failed (seed {seed}): {e}")
             continue
         for role, t in outcome.trained.items():

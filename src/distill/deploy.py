@@ -6,7 +6,6 @@ Every loader returns an ``nn.Module`` mapping a float32 batch to logits, so ``di
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.evaluate import latency_ms, predict, topk_accuracy
-from distill.io import load_into
+from distill.io import first_line, load_into, read_json
 from distill.models.teacher import as_logits
 
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
@@ -78,7 +77,7 @@ class OnnxModule(nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise DistillError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+            raise DistillError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: Tensor) -> Tensor:
@@ -178,7 +177,7 @@ def load_as(fmt: str, path: str | os.PathLike, spec: dict[str, Any] | None = Non
             with quiet():
                 return torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as e:
-            raise DistillError(f"{path}: not a TorchScript file ({str(e).splitlines()[0]})") from None
+            raise DistillError(f"{path}: not a TorchScript file ({first_line(e)})") from None
     if fmt == "safetensors" and spec is not None:
         return load_student_safetensors(path, spec)
     raise DistillError(f"{path}: cannot load format {fmt!r}" + (" without its model spec" if spec is None else ""))
@@ -198,7 +197,7 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
         spec_path = path.with_suffix(".json")
         if not spec_path.is_file():
             raise DistillError(f"{path}: its model spec {spec_path.name} is missing")
-        spec = json.loads(spec_path.read_text())
+        spec = read_json(spec_path, "the model spec", "export the student again")
     return load_as(fmt, path, spec)
 
 

@@ -18,6 +18,12 @@ from safetensors.torch import load_file, save_file
 from distill.errors import DistillError
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first message line, or its type name when the message is empty (an empty file's EOFError)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.
@@ -52,6 +58,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object this project wrote (``what``); anything else, a truncated or hand-edited file, or one that is
+    not readable, is one DistillError naming the file and ``fix``."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DistillError(f"{path}: {what} is unreadable ({type(e).__name__}: {first_line(e)}); "
+                           f"{fix}") from None
+    if not isinstance(obj, dict):
+        raise DistillError(f"{path}: {what} should be a JSON object, got {type(obj).__name__}; {fix}")
+    return obj
+
+
 def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
     """Atomically save a state dict as safetensors (tensors made contiguous and detached)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -70,10 +89,9 @@ def load_torch(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DistillError(f"{path}: refused to unpickle (weights_only=True): {first}") from None
+        raise DistillError(f"{path}: refused to unpickle (weights_only=True): {first_line(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise DistillError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from None
+        raise DistillError(f"{path}: not a readable torch file ({first_line(e)})") from None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

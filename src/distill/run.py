@@ -3,7 +3,6 @@ then evaluate all of them and write the report."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -31,7 +30,7 @@ from distill.engine.dist import (
 )
 from distill.engine.optim import Group
 from distill.evaluate import model_metrics, predict, topk_accuracy
-from distill.io import load_into, load_weights, save_weights, write_json
+from distill.io import load_into, load_weights, read_json, save_weights, write_json
 from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
@@ -201,7 +200,7 @@ def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trai
     meta_path, weights = out / "model.json", out / "model.safetensors"
     if not (meta_path.is_file() and weights.is_file()):
         return None
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "a finished role's record", f"delete {out} to train that role again")
     if meta.get("fingerprint") != fp or not meta.get("complete"):
         return None
     load_into(model, load_weights(weights), str(weights))

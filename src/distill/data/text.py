@@ -21,6 +21,7 @@ from torch import Tensor
 
 from distill.data.base import DATASETS, ArrayDataset, RawSplits, check_int, stratified_split
 from distill.errors import DistillError
+from distill.io import first_line
 
 _SPLIT_SEED = 0  # the fixed split: the same validation and test sentences in every run
 
@@ -111,7 +112,7 @@ def load_tokenizer(path: str) -> Any:
     try:
         return _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise DistillError(f"tokenizer {path}: cannot load it ({str(e).splitlines()[0]})") from None
+        raise DistillError(f"tokenizer {path}: cannot load it ({first_line(e)})") from None
 
 
 def _tokenizers(one: str | None, named: dict[str, str] | None) -> dict[str, str]:

@@ -8,7 +8,6 @@ leaves either the previous complete checkpoint or the new one.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.io import load_into, load_torch, load_weights, save_torch, save_weights, write_json
+from distill.io import load_into, load_torch, load_weights, read_json, save_torch, save_weights, write_json
 
 
 @dataclass
@@ -61,7 +60,8 @@ def find_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(ckpt: Path, *, model: nn.Module, methods: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, fingerprint: str) -> Resumed:
     """Restore everything ``save_checkpoint`` wrote; refuse a checkpoint made by another recipe."""
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_json(ckpt / "meta.json", "the checkpoint's metadata",
+                     f"delete {ckpt} to train that role from the start, or run without --resume")
     if meta.get("fingerprint") != fingerprint:
         raise DistillError(f"{ckpt} was written by a different recipe; resume needs the same recipe "
                            "(or run without --resume / with another output_dir)")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.io import first_line
 from distill.models.base import MODELS
 
 POOLINGS = ("mean", "cls", "max")
@@ -153,7 +154,7 @@ def _load(path: str, attn: str | None) -> nn.Module:
         extra = {"attn_implementation": attn} if attn else {}
         return _transformers().AutoModel.from_pretrained(str(folder), local_files_only=True, **extra)
     except (OSError, ValueError) as e:
-        raise DistillError(f"model 'hf': cannot load {path}: {str(e).splitlines()[0]}") from None
+        raise DistillError(f"model 'hf': cannot load {path}: {first_line(e)}") from None
 
 
 def _build(config: dict[str, Any], attn: str | None) -> nn.Module:
@@ -166,4 +167,4 @@ def _build(config: dict[str, Any], attn: str | None) -> nn.Module:
         extra = {"attn_implementation": attn} if attn else {}
         return t.AutoModel.from_config(t.AutoConfig.for_model(kind, **raw), **extra)
     except (ValueError, TypeError, KeyError) as e:
-        raise DistillError(f"model 'hf': config: {str(e).splitlines()[0]}") from None
+        raise DistillError(f"model 'hf': config: {first_line(e)}") from None
