@@ -266,3 +266,12 @@ def test_fit_refuses_a_negative_weight_before_training(tmp_path: Path) -> None:
         distill.fit(student=_student(), train=(x[:300], y[:300]), methods=[{"name": "ce", "alpha": -1}],
                     epochs=1, output_dir=tmp_path, **QUIET)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_fit_refuses_an_output_dir_that_is_a_file(tmp_path: Path) -> None:
+    x, y = digits_arrays()
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    with pytest.raises(DistillError, match="exists and is a file, not a folder"):
+        distill.fit(student=_student(), train=(x[:300], y[:300]), methods=["ce"], epochs=1, output_dir=target,
+                    **QUIET)

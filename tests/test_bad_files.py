@@ -18,6 +18,11 @@ def _one_line(code: int, err: str, *needles: str) -> None:
         assert needle in err, err
 
 
+def _files(root: Path) -> list[tuple[Path, int]]:
+    """Every file under ``root`` with its modification time (folders' times move with any listing probe)."""
+    return sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file())
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     ('{"fingerprint": "ab', "JSONDecodeError"),  # truncated by a crash outside our atomic writes
     ("", "JSONDecodeError"),
@@ -32,10 +37,10 @@ def test_a_corrupt_role_record_on_resume_is_one_line(tmp_path: Path, capsys, tex
         record.write_bytes(text)
     else:
         record.write_text(text)
-    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    before = _files(tmp_path)
     code, _, err = cli(capsys, "run", str(recipe), "--resume")
     _one_line(code, err, str(record), needle, "delete")
-    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert _files(tmp_path) == before
 
 
 def test_an_empty_weights_file_is_one_line(tmp_path: Path, capsys) -> None:
@@ -47,3 +52,29 @@ def test_an_empty_weights_file_is_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     _one_line(code, err, f"{empty}: not a readable torch file (EOFError)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "unwritable", "long name", "full disk"])
+def test_an_output_dir_that_cannot_hold_the_run_is_refused_first(tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    out, needle = {
+        "file": (afile, "exists and is a file, not a folder"),
+        "under a file": (afile / "run", "which is a file, not a folder"),
+        "unwritable": (Path("/proc/distill-run"), "cannot write in /proc"),
+        "long name": (tmp_path / ("x" * 300), "is 300 bytes; file systems allow 255"),
+        "full disk": (tmp_path / "run", "MiB free on the disk of"),
+    }[case]
+    if case == "full disk":
+        import shutil
+
+        import distill.io
+
+        monkeypatch.setattr(distill.io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 0, 1 << 20))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    raw = digits_recipe(tmp_path, output_dir=str(out))
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw, name="r.yaml")))
+    _one_line(code, err, "output_dir", needle)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.name != "r.yaml")
+    assert after == before  # nothing trained, nothing written, no probe folder left

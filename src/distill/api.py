@@ -25,7 +25,7 @@ from distill.data import DataSplits, build_data, python_data
 from distill.data.augment import Augment
 from distill.engine.dist import check_device, distributed, main_log, on_main
 from distill.errors import DistillError
-from distill.io import write_text
+from distill.io import check_output_dir, write_text
 from distill.methods import METHODS, Method, MethodSet
 from distill.plan import Peer, Plan, TeacherPart, plan_from_recipe, teacher_part
 from distill.recipe import (
@@ -84,6 +84,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
     if student is None or train is None:
         raise DistillError("fit: give at least student= and train=")
     check_device(device)
+    check_output_dir(Path(output_dir or f"runs/{name}"))
     spec = _training(training, epochs)
     method_list = _methods(methods)
     raw = _raw_recipe(teacher, student, train, method_list, spec, locals())

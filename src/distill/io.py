@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,36 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+MIN_FREE_BYTES = 64 << 20  # below this a run cannot write its checkpoints and report; found before training
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output_dir") -> None:
+    """One DistillError, before anything trains, when ``path`` cannot hold a run's outputs: a component name over
+    255 bytes, an existing file in its place or above it, a folder this process cannot write (tried by creating
+    and removing a temporary folder: permission bits alone say nothing for root or for /proc), or a nearly full
+    disk. Creates nothing that stays."""
+    path = Path(path)
+    for part in path.parts:
+        if len(part.encode()) > 255:
+            raise DistillError(f"{what}: the name {part[:32]!r}... is {len(part.encode())} bytes; file systems allow "
+                               "255")
+    if path.exists() and not path.is_dir():
+        raise DistillError(f"{what}: {path} exists and is a file, not a folder")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DistillError(f"{what}: {path} is under {ancestor}, which is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".distill-write-check-", dir=ancestor))
+    except OSError as e:
+        raise DistillError(f"{what}: cannot write in {ancestor} ({e.strerror or first_line(e)})") from None
+    free = shutil.disk_usage(ancestor).free
+    if free < MIN_FREE_BYTES:
+        raise DistillError(f"{what}: only {free >> 20} MiB free on the disk of {ancestor}; a run needs room for its "
+                           f"checkpoints and report (at least {MIN_FREE_BYTES >> 20} MiB)")
 
 
 def read_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:

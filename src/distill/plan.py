@@ -94,9 +94,11 @@ class Plan:
 def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     """Build a recipe into a Plan: data, models (weights loaded), methods. ``data`` reuses loaded splits."""
     from distill.engine.dist import check_device
+    from distill.io import check_output_dir
     from distill.strategies import build_strategy
 
     check_device(recipe.device)
+    check_output_dir(recipe.out)
     data = load_data(recipe) if data is None else data
     teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
     teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
