@@ -125,3 +125,30 @@ def test_every_shipped_recipe_validates() -> None:
     assert recipes, "recipes/ must hold example recipes"
     for path in recipes:
         load_recipe(path)
+
+
+def test_hostile_recipe_files_are_one_line_and_fast(tmp_path: Path) -> None:
+    import time
+
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DistillError, match=r"not UTF-8 text \(byte 9: b'\\xe9'\); save it as UTF-8"):
+        load_recipe(latin)
+    # "billion laughs": nine levels of nine aliases stand for 9^9 values in a few hundred bytes
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(DistillError, match="expands to more than 1,000,000 values"):
+        load_recipe(bomb)
+    assert time.perf_counter() - start < 10
+
+
+def test_method_args_file_refuses_a_duplicate_method(tmp_path: Path) -> None:
+    from distill.bench import load_method_args
+
+    args = tmp_path / "args.yaml"
+    args.write_text("at: {beta: 1000}\nsp: {beta: 3000}\nat: {beta: 10}\n")
+    with pytest.raises(DistillError, match="line 3, column 1: duplicate key 'at' \\(first given at line 1\\)"):
+        load_method_args(str(args))

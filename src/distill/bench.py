@@ -24,9 +24,10 @@ from distill.evaluate import model_metrics
 from distill.methods import METHODS
 from distill.models import Keys
 from distill.plan import TeacherPart, plan_from_recipe
-from distill.recipe import Recipe, parse_value, recipe_from_dict
+from distill.recipe import Recipe, recipe_from_dict
 from distill.run import Trained, obtain_teacher, train_scratch, train_student
 from distill.spec_check import check_kwargs
+from distill.yaml_io import read_yaml
 
 Log = Callable[[str], None]
 
@@ -55,7 +56,7 @@ def load_method_args(path: str | None) -> dict[str, dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise DistillError(f"--method-args: file not found: {file}")
-    raw = parse_value(file.read_text()) or {}
+    raw = read_yaml(file) or {}
     if not isinstance(raw, dict) or not all(isinstance(v, dict) or v is None for v in raw.values()):
         raise DistillError(f"--method-args {file}: expected a YAML mapping of method name -> arguments")
     # keys starting with "_" only hold YAML anchors shared by several methods
@@ -79,7 +80,9 @@ def method_specs(recipe: Recipe, name: str, method_args: dict[str, dict[str, Any
         own = next((m for m in recipe.methods if m.name == part), None)
         spec = {"name": part, **(own.model_dump(mode="json", exclude_none=True) if own else {}),
                 **method_args.get(part, {})}
-        kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight", "teacher")}
+        if not spec.get("allow_negative"):
+            spec.pop("allow_negative", None)  # the schema's default: runs keep the entries (and names) they had
+        kwargs = {k: v for k, v in spec.items() if k not in ("name", "weight", "teacher", "allow_negative")}
         method = METHODS.get(part)(**kwargs)  # may raise DistillError: the caller records the method as skipped
         specs.append(spec)
     if len(specs) > 1:

@@ -7,7 +7,6 @@ arguments sit flat next to ``name`` and are checked against the registered build
 from __future__ import annotations
 
 import math
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -17,36 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError
 from distill.registry import closest
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 insists on ``5.0e-4``) and refuses a key given
-    twice in one mapping (plain YAML keeps the last: a second ``train:`` block would silently replace the first)."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:  # type: ignore[override]
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Mark] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if first is not key_node.start_mark:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first given at line {first.line + 1})",
-                        key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$|^[-+]?(?:\d+\.\d*|\.\d+)$|^[-+]?\.(?:inf|Inf|INF)$"
-               r"|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
+from distill.yaml_io import load_yaml, read_yaml
 
 
 class _Strict(BaseModel):
@@ -247,8 +217,8 @@ class Recipe(_Strict):
 def parse_value(text: str) -> Any:
     """Parse a command-line override value as YAML (``3`` -> int, ``[1, 2]`` -> list, ``5e-4`` -> float)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
+        return load_yaml(text)
+    except (yaml.YAMLError, DistillError):
         return text
 
 
@@ -287,12 +257,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe not found: {path}")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DistillError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise DistillError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
     return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
