@@ -212,3 +212,19 @@ def test_augmented_data_without_views_cannot_be_cached(tmp_path: Path, capsys) -
     recipe = _digits(tmp_path, data={"name": "digits", "augment": {"shift": 1}})
     code, _, err = cli(capsys, "run", str(recipe), "cache=required")
     assert code == 2 and "cache.views" in err
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda m: [m], "should be a JSON object, got list"),
+    (lambda m: {k: v for k, v in m.items() if k != "files"}, "has no valid 'files'"),
+    (lambda m: {**m, "files": {}}, "does not list the size and sha256 of v0000-s0000.values.npy"),
+    (lambda m: {**m, "shards": [{"view": 0}]}, "has a malformed shard entry"),
+    (lambda m: {**m, "k": "5"}, "has no valid 'k'"),
+])
+def test_a_hand_edited_manifest_is_refused(tmp_path: Path, edit, needle: str) -> None:
+    """An emptied `files` map used to let `cache verify` pass shards it never checked."""
+    _build(tmp_path, _teacher(), torch.randn(20, 12), k=3)
+    mf = tmp_path / "cache" / "manifest.json"
+    mf.write_text(json.dumps(edit(json.loads(mf.read_text()))))
+    with pytest.raises(DistillError, match=needle):
+        open_cache(tmp_path / "cache")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.io import atomic_path, write_json
+from distill.io import atomic_path, read_json, write_json
 from distill.types import ModelOutput, TopKLogits
 
 FORMAT = 1
@@ -70,17 +70,36 @@ def write_cache(path: Path, shards: list[dict[str, Any]], arrays: dict[str, np.n
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of the cache at ``path``; a missing or unreadable one is a DistillError."""
+    """The manifest of the cache at ``path``; a missing, unreadable or hand-edited one is a DistillError."""
     mf = path / "manifest.json"
     if not mf.is_file():
         raise DistillError(f"teacher cache {path}: no manifest.json (not a cache, or its build never finished)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DistillError(f"teacher cache {path}: manifest.json is corrupt (not valid JSON)") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json(mf, "the teacher cache's manifest", f"delete {path} to rebuild the cache")
+    if manifest.get("format") != FORMAT:
         raise DistillError(f"teacher cache {path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
+    _check_structure(path, manifest)
     return manifest
+
+
+def _check_structure(path: Path, manifest: dict[str, Any]) -> None:
+    """Every key the reader uses is there with its type, and every shard file is listed with a size and a checksum:
+    a manifest edited by hand (an emptied ``files`` map) must not let ``cache verify`` pass unchecked shards."""
+    def bad(what: str) -> DistillError:
+        return DistillError(f"teacher cache {path}: manifest.json {what}; delete {path} to rebuild the cache")
+
+    for key, kind in (("num_classes", int), ("k", int), ("views", int), ("temperatures", list), ("shards", list),
+                      ("files", dict)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise bad(f"has no valid {key!r} ({kind.__name__} expected)")
+    files = manifest["files"]
+    for s in manifest["shards"]:
+        if not (isinstance(s, dict) and all(isinstance(s.get(k), int) for k in ("view", "shard", "start", "stop"))):
+            raise bad(f"has a malformed shard entry {str(s)[:60]}")
+        for f in FIELDS:
+            info = files.get(shard_name(s["view"], s["shard"], f))
+            if not (isinstance(info, dict) and isinstance(info.get("bytes"), int)
+                    and isinstance(info.get("sha256"), str)):
+                raise bad(f"does not list the size and sha256 of {shard_name(s['view'], s['shard'], f)}")
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
