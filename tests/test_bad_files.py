@@ -78,3 +78,11 @@ def test_an_output_dir_that_cannot_hold_the_run_is_refused_first(tmp_path: Path,
     _one_line(code, err, "output_dir", needle)
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.name != "r.yaml")
     assert after == before  # nothing trained, nothing written, no probe folder left
+
+
+def test_an_external_model_whose_constructor_raises_is_one_line(tmp_path: Path, capsys) -> None:
+    raw = digits_recipe(tmp_path)
+    raw["student"] = {"name": "external", "target": "user_parts:NeedsCheckpointFile"}
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    _one_line(code, err, "external model 'user_parts:NeedsCheckpointFile': its constructor raised "
+                         "FileNotFoundError: pretrained/backbone.pth")

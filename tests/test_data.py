@@ -321,6 +321,15 @@ def test_folder_errors(tmp_path) -> None:
         build_data("folder", root=str(tmp_path))
 
 
+def test_folder_refuses_a_decompression_bomb_before_decoding(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    _write_pngs(tmp_path, {"a": 0, "b": 255}, count=4, size=(8, 8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 pixels is then over twice the limit: a "bomb"
+    with pytest.raises(DistillError, match="claims more pixels than Pillow's decompression-bomb limit"):
+        build_data("folder", root=str(tmp_path))
+
+
 # ----------------------------------------------------------------------------------- mnist, mnist1d
 
 

@@ -122,3 +122,11 @@ class WideUserCNN(UserCNN):
 
     def __init__(self) -> None:
         super().__init__(width=32)
+
+
+class NeedsCheckpointFile(nn.Module):
+    """Research code whose constructor fails with something other than TypeError/ValueError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        raise FileNotFoundError("pretrained/backbone.pth")

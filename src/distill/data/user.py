@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from distill.data.base import DATASETS, ArrayDataset, RawSplits, channel_stats, check_int, stratified_split
 from distill.data.stream import StreamDataset
 from distill.errors import DistillError
+from distill.io import first_line
 
 # User splits carved off train use a fixed seed: the same file always gives the same split.
 _SPLIT_SEED = 0
@@ -128,8 +129,8 @@ def _read_image(file: Path, mode: str, size: tuple[int, int] | None) -> np.ndarr
             if size is not None and img.size != size:
                 img = img.resize(size, Image.Resampling.BILINEAR)
             arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DistillError(f"dataset 'folder': cannot read image {file} ({e})") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise DistillError(f"dataset 'folder': cannot read image {file} ({first_line(e)})") from None
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
@@ -169,7 +170,10 @@ def _list_split(split_dir: Path, classes: list[str], size: int | None,
                 with Image.open(f) as img:
                     hw = (img.size[1], img.size[0])
             except (UnidentifiedImageError, OSError) as e:
-                raise DistillError(f"dataset 'folder': cannot read image {f} ({e})") from None
+                raise DistillError(f"dataset 'folder': cannot read image {f} ({first_line(e)})") from None
+            except Image.DecompressionBombError:  # a header claiming billions of pixels: refused before decoding
+                raise DistillError(f"dataset 'folder': image {f} claims more pixels than Pillow's decompression-bomb "
+                                   f"limit ({2 * (Image.MAX_IMAGE_PIXELS or 0):,}); not a training image") from None
             if not first:
                 first.append(hw)
             if size is None and hw != first[0]:

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from distill.errors import DistillError
+from distill.io import first_line
 from distill.models.base import MODELS
 from distill.registry import closest
 
@@ -62,8 +63,11 @@ def external(
         model = factory(**kwargs)
     except (TypeError, ValueError) as e:
         raise DistillError(
-            f"external model {target!r}: constructor rejected kwargs {kwargs} ({type(e).__name__}: {e})"
+            f"external model {target!r}: constructor rejected kwargs {kwargs} ({type(e).__name__}: {first_line(e)})"
         ) from None
+    except Exception as e:  # user code may raise anything (a missing file, an assertion, CUDA-only code)
+        raise DistillError(f"external model {target!r}: its constructor raised {type(e).__name__}: "
+                           f"{first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise DistillError(
             f"external model {target!r} returned a {type(model).__name__}, not a torch.nn.Module"
