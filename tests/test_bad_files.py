@@ -86,3 +86,24 @@ def test_an_external_model_whose_constructor_raises_is_one_line(tmp_path: Path, 
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     _one_line(code, err, "external model 'user_parts:NeedsCheckpointFile': its constructor raised "
                          "FileNotFoundError: pretrained/backbone.pth")
+
+
+def test_resume_removes_what_a_kill_left_half_written_and_nothing_else(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, digits_recipe(tmp_path, compare=False))
+    assert cli(capsys, "run", str(recipe))[0] == 0
+    out, student = tmp_path / "out", tmp_path / "out" / "student"
+    weights = (student / "model.safetensors").read_bytes()
+    # what kill -9 leaves mid-write: atomic_path's temporary files (0 bytes when killed early) and staging folders
+    stale = [student / ".model.json.k2x9q_1a.tmp", out / ".report.md.0abc12de.tmp", student / "checkpoint.tmp"]
+    for p in stale[:2]:
+        p.write_bytes(b"")
+    stale[2].mkdir()
+    (stale[2] / "meta.json").write_text("{")
+    kept = [student / "notes.tmp", out / ".keep.tmp", student / "checkpoint.tmpx"]  # not names the project writes
+    for p in kept:
+        p.write_text("user file")
+    code, _, err = cli(capsys, "run", str(recipe), "--resume")
+    assert code == 0, err
+    assert not any(p.exists() for p in stale), [p for p in stale if p.exists()]
+    assert all(p.exists() for p in kept)
+    assert (student / "model.safetensors").read_bytes() == weights  # finished roles are not retrained

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -46,6 +47,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# what a kill -9 can leave: atomic_path's `.<name>.<8 random chars>.tmp` files, and the staging folders of a
+# checkpoint or a cache build (`checkpoint.tmp`, `cache.tmp`)
+_STALE_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+STALE_DIRS = ("checkpoint.tmp", "cache.tmp")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete, directly in ``folder``, the temporary files and staging folders of a write that a kill cut short;
+    returns what was removed. Nothing else is touched (the names are ours alone)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for entry in folder.iterdir():
+        if entry.is_file() and _STALE_FILE.match(entry.name):
+            entry.unlink(missing_ok=True)
+            gone.append(entry)
+        elif entry.is_dir() and entry.name in STALE_DIRS:
+            shutil.rmtree(entry, ignore_errors=True)
+            gone.append(entry)
+    return gone
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

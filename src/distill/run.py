@@ -30,7 +30,7 @@ from distill.engine.dist import (
 )
 from distill.engine.optim import Group
 from distill.evaluate import model_metrics, predict, topk_accuracy
-from distill.io import load_into, load_weights, read_json, save_weights, write_json
+from distill.io import load_into, load_weights, read_json, remove_stale_temps, save_weights, write_json
 from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
@@ -80,6 +80,7 @@ def execute(plan: Plan, *, resume: bool = False, log: Log = print) -> Outcome:
     from distill.strategies import build_strategy
 
     strategy = plan.strategy if plan.strategy is not None else build_strategy("offline")
+    on_main(partial(remove_stale_temps, plan.out))  # the report's and recipe's temporary files after a kill
     return strategy.run(plan, resume=resume, log=log)
 
 
@@ -170,6 +171,7 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     check_global_batch(plan.batch_size)
     out = plan.out / role
     fp = fingerprint(plan.identity, role)
+    on_main(partial(remove_stale_temps, out))  # what a kill -9 left half-written; nothing reads it
     done = everywhere(partial(_finished, out, fp, model, inputs)) if resume else None
     agree(done is not None, f"whether {role} is already complete in {out}")
     if done is not None:

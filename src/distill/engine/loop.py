@@ -27,6 +27,7 @@ from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.engine.outputs import as_fp32, model_output
 from distill.engine.scale import check_loss_scale
 from distill.errors import DistillError
+from distill.io import remove_stale_temps
 from distill.methods.base import MethodSet
 from distill.models import Keys, feed
 from distill.recipe import TrainSpec
@@ -158,6 +159,7 @@ def _start(job: FitJob, opt: torch.optim.Optimizer, sched: Any) -> int:
     Under torchrun every rank loads the checkpoint rank 0 wrote, RNG state included (the ranks' RNGs are
     identical: same seed, same draws), after agreeing that there is one and which epoch it ends.
     """
+    dist.on_main(partial(remove_stale_temps, job.out_dir))  # for loops not started by train_role (Trainer, dropin)
     ckpt = find_checkpoint(job.out_dir) if job.resume else None
     dist.agree(ckpt is not None, f"{job.desc}: whether there is a checkpoint to resume from")
     if ckpt is not None:
