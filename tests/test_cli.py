@@ -166,3 +166,29 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_runs(tmp_path: P
     code, _, err = cli(capsys, "run", str(recipe))
     _assert_one_line_error(code, err, needle)
     assert not (tmp_path / "out").exists()  # found before the data loaded or a teacher trained
+
+
+def test_file_system_refusals_and_bugs_at_the_cli_boundary(tmp_path: Path, capsys, monkeypatch) -> None:
+    """An OSError escaping from anywhere (here: the disk fills while the report is written) is one error line;
+    anything else unexpected is a traceback under a line saying it is a bug, exit 1 (never a silent crash)."""
+    import errno
+    import importlib
+
+    runner = importlib.import_module("distill.run")  # the module (the package also exports a function `run`)
+    recipe = write_recipe(tmp_path, digits_recipe(tmp_path))
+
+    def disk_full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "report.md"))
+
+    monkeypatch.setattr(runner, "run", disk_full)
+    code, _, err = cli(capsys, "run", str(recipe))
+    _assert_one_line_error(code, err, "report.md: No space left on device")
+
+    def bug(*_a, **_k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(runner, "run", bug)
+    code, _, err = cli(capsys, "run", str(recipe))
+    assert code == 1
+    assert err.splitlines()[0] == "error: internal error, a bug in distill; please report it with the traceback below"
+    assert "Traceback" in err and "ZeroDivisionError: division by zero" in err

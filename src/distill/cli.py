@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no: a full disk, permissions, a path that went away mid-run
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or str(e).strip() or type(e).__name__}".splitlines()[0], file=sys.stderr)
+        return 2
+    except Exception:  # not a known failure kind: show where, and say it is ours to fix
+        print("error: internal error, a bug in distill; please report it with the traceback below", file=sys.stderr)
+        traceback.print_exc()
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
