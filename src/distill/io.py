@@ -86,6 +86,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 MIN_FREE_BYTES = 64 << 20  # below this a run cannot write its checkpoints and report; found before training
 
 
+def _main_process() -> bool:
+    """Rank 0 under torchrun (RANK is set before the process group exists), or the only process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def check_output_dir(path: str | os.PathLike, what: str = "output_dir") -> None:
     """One DistillError, before anything trains, when ``path`` cannot hold a run's outputs: a component name over
     255 bytes, an existing file in its place or above it, a folder this process cannot write (tried by creating
@@ -104,7 +109,8 @@ def check_output_dir(path: str | os.PathLike, what: str = "output_dir") -> None:
     if not ancestor.is_dir():
         raise DistillError(f"{what}: {path} is under {ancestor}, which is a file, not a folder")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".distill-write-check-", dir=ancestor))
+        if _main_process():  # under torchrun rank 0 alone touches the outputs, this probe included
+            os.rmdir(tempfile.mkdtemp(prefix=".distill-write-check-", dir=ancestor))
     except OSError as e:
         raise DistillError(f"{what}: cannot write in {ancestor} ({e.strerror or first_line(e)})") from None
     free = shutil.disk_usage(ancestor).free
