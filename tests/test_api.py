@@ -275,3 +275,21 @@ def test_fit_refuses_an_output_dir_that_is_a_file(tmp_path: Path) -> None:
     with pytest.raises(DistillError, match="exists and is a file, not a folder"):
         distill.fit(student=_student(), train=(x[:300], y[:300]), methods=["ce"], epochs=1, output_dir=target,
                     **QUIET)
+
+
+def test_fit_turns_a_file_system_refusal_into_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills mid-run (here: when the report is written) is a DistillError naming the file, with the
+    OSError kept as its cause; the Python door's boundary, like the CLI's."""
+    import errno
+
+    import distill.api
+
+    def disk_full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.md"))
+
+    monkeypatch.setattr(distill.api, "execute", disk_full)
+    x, y = digits_arrays()
+    with pytest.raises(DistillError, match=r"report\.md: No space left on device") as e:
+        distill.fit(student=_student(), train=(x[:300], y[:300]), methods=["ce"], epochs=1, output_dir=tmp_path,
+                    **QUIET)
+    assert isinstance(e.value.__cause__, OSError)

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DistillError
+
+T = TypeVar("T")
+
+
+def file_system_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a public entry point (``distill.fit``, ``DistillationModel``) so that a refusal by the file system
+    anywhere inside (a full disk, a permission, a path gone mid-run) is a DistillError naming the file; the
+    original stays attached as ``__cause__``. Other exceptions pass through unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise DistillError(f"{where}{e.strerror or first_line(e)}") from e
+    return wrapper
 
 
 def first_line(e: BaseException) -> str:
