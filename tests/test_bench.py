@@ -149,3 +149,25 @@ def test_mean_std_uses_sample_std() -> None:
     assert mean_std([0.5, 0.7]) == pytest.approx((0.6, statistics.stdev([0.5, 0.7])))
     assert mean_std([0.5]) == (0.5, 0.0)
     assert mean_std([]) == (None, None)
+
+
+def test_a_bug_in_one_run_is_shown_and_recorded_and_the_bench_goes_on(tmp_path: Path, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import distill.bench as bench_mod
+
+    real = bench_mod.train_student
+
+    def buggy(plan, *args, **kwargs):
+        if any(m.name == "dkd" for m in plan.recipe.methods):
+            raise ZeroDivisionError("division by zero")
+        return real(plan, *args, **kwargs)
+
+    monkeypatch.setattr(bench_mod, "train_student", buggy)
+    recipe = write_recipe(tmp_path, _recipe(tmp_path))
+    code, out, err = cli(capsys, "bench", str(recipe), "--methods", "kd,dkd", "--seeds", "1")
+    assert code == 0, err
+    rows = _csv(tmp_path / "out" / "bench" / "bench.csv")
+    assert rows["kd"]["status"] == "ok"
+    assert rows["dkd"]["status"] == "failed: internal error, a bug in distill: ZeroDivisionError: division by zero"
+    assert "dkd failed (seed 0) with an internal error" in out and "Traceback" in out
+    assert "ZeroDivisionError: division by zero" in out

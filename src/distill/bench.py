@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import statistics
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -163,6 +164,11 @@ def _bench_seed(recipe: Recipe, seed: int, plans: dict[str, list[dict[str, Any]]
         except DistillError as e:
             rows[name].status = f"failed: {_line(e)}"
             log(f"warning: {name} failed (seed {seed}): {_line(e)}")
+            continue
+        except Exception as e:  # a bug in one run must not cost the other methods' hours: shown, recorded, skipped
+            rows[name].status = f"failed: internal error, a bug in distill: {type(e).__name__}: {_line(e)}"
+            log(f"warning: {name} failed (seed {seed}) with an internal error, a bug in distill; please report "
+                f"it with this traceback:\n{traceback.format_exc().rstrip()}")
             continue
         _record(rows[name], seed, student, data, p.student_inputs)
 
