@@ -20,7 +20,7 @@ from distill.bench_write import Row, write_bench
 from distill.build import build_methods, check_classes, load_data
 from distill.data import DataSplits, head
 from distill.engine import setup_methods
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 from distill.evaluate import model_metrics
 from distill.methods import METHODS
 from distill.models import Keys
@@ -138,8 +138,8 @@ def _plan(recipe: Recipe, data: DataSplits, names: list[str], args: dict[str, di
             setup_methods(built, pair.student, teacher, head(data.train, 2), num_samples=len(data.train),
                           num_classes=data.num_classes, inputs=pair.student_inputs)
         except DistillError as e:
-            rows[name].status = f"skipped: {_line(e)}"
-            log(f"warning: {name} skipped: {_line(e)}")
+            rows[name].status = f"skipped: {first_line(e)}"
+            log(f"warning: {name} skipped: {first_line(e)}")
             continue
         plans[name] = specs
     return plans, rows
@@ -162,11 +162,11 @@ def _bench_seed(recipe: Recipe, seed: int, plans: dict[str, list[dict[str, Any]]
         try:
             student = train_student(p, frozen, resume=resume, log=_tagged(log, name, seed))
         except DistillError as e:
-            rows[name].status = f"failed: {_line(e)}"
-            log(f"warning: {name} failed (seed {seed}): {_line(e)}")
+            rows[name].status = f"failed: {first_line(e)}"
+            log(f"warning: {name} failed (seed {seed}): {first_line(e)}")
             continue
         except Exception as e:  # a bug in one run must not cost the other methods' hours: shown, recorded, skipped
-            rows[name].status = f"failed: internal error, a bug in distill: {type(e).__name__}: {_line(e)}"
+            rows[name].status = f"failed: internal error, a bug in distill: {type(e).__name__}: {first_line(e)}"
             log(f"warning: {name} failed (seed {seed}) with an internal error, a bug in distill; please report "
                 f"it with this traceback:\n{traceback.format_exc().rstrip()}")
             continue
@@ -186,10 +186,6 @@ def _record(row: Row, seed: int, trained: Trained, data: DataSplits, inputs: Key
 
 def _tagged(log: Log, name: str, seed: int) -> Log:
     return lambda msg: log(f"[{name} seed{seed}] {msg}")
-
-
-def _line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def format_command(recipe: str, overrides: Sequence[str], *, methods: str, seeds: int,

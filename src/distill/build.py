@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from distill.data import Augment, DataSplits, build_data, head
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 from distill.io import load_into, load_weights
 from distill.methods import METHODS, MethodSet
 from distill.models import FrozenTeacher, Keys, as_logits, build_model, feed
@@ -83,9 +83,8 @@ def output_classes(model: nn.Module, data: DataSplits, inputs: Keys = None, role
     except DistillError:
         raise
     except Exception as e:  # a model that cannot take this data's shape
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DistillError(f"{role} ({type(model).__name__}) cannot run on {data.name} inputs of shape "
-                           f"{_shape_text(data.input_shape)}: {first}") from None
+                           f"{_shape_text(data.input_shape)}: {first_line(e)}") from None
     finally:
         model.train(was)
     try:

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from distill.errors import DistillError
+from distill.errors import DistillError, os_error_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # the file system said no: a full disk, permissions, a path that went away mid-run
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or str(e).strip() or type(e).__name__}".splitlines()[0], file=sys.stderr)
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except Exception:  # not a known failure kind: show where, and say it is ours to fix
         print("error: internal error, a bug in distill; please report it with the traceback below", file=sys.stderr)

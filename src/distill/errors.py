@@ -21,3 +21,15 @@ class StaleCacheError(DistillError):
     def __init__(self, message: str, diff: str) -> None:
         super().__init__(message)
         self.diff = diff
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first message line, or its type name when the message is empty (an empty file's EOFError)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def os_error_message(e: OSError) -> str:
+    """A file-system refusal as one line: ``<file>: <reason>`` (``No space left on device``, ...)."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or first_line(e)}"

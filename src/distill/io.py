@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line, os_error_message
 
 T = TypeVar("T")
 
@@ -32,15 +32,8 @@ def file_system_errors(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            raise DistillError(f"{where}{e.strerror or first_line(e)}") from e
+            raise DistillError(os_error_message(e)) from e
     return wrapper
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first message line, or its type name when the message is empty (an empty file's EOFError)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError
 from distill.registry import closest
+from distill.spec_check import numbers_in
 from distill.yaml_io import load_yaml, read_yaml
 
 
@@ -266,8 +267,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw dict into a Recipe, then check component arguments against the registries."""
     singular = "method" in raw
-    from distill.spec_check import numbers_in
-
     for key, value in numbers_in(raw, ""):
         if math.isnan(value):
             raise DistillError(f"{source}: {key.lstrip('.')}: NaN is not a usable value")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -173,10 +171,6 @@ def fingerprint_matches(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 def open_cache(path: Path, fingerprint: dict[str, Any] | None = None) -> TeacherCache:
     """Open a cache after checking every shard (size and sha256) and, when given, the fingerprint."""
-    # a build of this cache killed after an earlier build had finished leaves its staging folder behind
-    staging = path.with_name(path.name + ".tmp")
-    if staging.exists() and os.environ.get("RANK", "0") == "0":  # rank 0 alone touches the outputs
-        shutil.rmtree(staging, ignore_errors=True)
     manifest = read_manifest(path)
     stored = manifest.get("fingerprint") or {}
     if fingerprint is not None and not fingerprint_matches(stored, fingerprint):

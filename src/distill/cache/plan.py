@@ -14,6 +14,7 @@ that cache read-only (memory-mapped) and never builds one.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -107,6 +108,8 @@ def obtain_cache(plan: Plan, teacher: nn.Module, *, rebuild: bool = False, log: 
 
 def _open_or_build(plan: Plan, teacher: nn.Module, path: Path, fp: dict[str, Any], *, rebuild: bool,
                    log: Log) -> TeacherCache:
+    # a build of this cache killed after an earlier build had finished leaves its staging folder behind
+    shutil.rmtree(path.with_name(path.name + ".tmp"), ignore_errors=True)
     if not rebuild and (path / "manifest.json").is_file():
         try:
             cache = open_cache(path, fp)
