@@ -84,8 +84,6 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
     """
     if student is None or train is None:
         raise DistillError("fit: give at least student= and train=")
-    check_device(device)
-    check_output_dir(Path(output_dir or f"runs/{name}"))
     spec = _training(training, epochs)
     method_list = _methods(methods)
     raw = _raw_recipe(teacher, student, train, method_list, spec, locals())
@@ -97,9 +95,12 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
             on_main(partial(write_text, recipe.out / "recipe.yaml", text))  # rank 0 alone writes, as for the run
         return _result(outcome, text)
     strat = _strategy(strategy, teacher, teachers, peers, method_list)
+    check_device(device)  # the recipe door (above) checks both in plan_from_recipe
+    out = Path(output_dir or f"runs/{name}")
+    check_output_dir(out)
     with distributed(device):
         data = _data(train, val, test, seed, num_classes, labels_per_class, normalize, workers)
-        plan = Plan(name=name, seed=seed, out=Path(output_dir or f"runs/{name}"), device=device, data=data,
+        plan = Plan(name=name, seed=seed, out=out, device=device, data=data,
                     student=_student(student, data, seed, student_inputs), methods=_method_set(method_list),
                     train=spec, teacher=_teacher(teacher, data, seed, spec, teacher_inputs, teacher_normalize),
                     student_inputs=student_inputs, batch_size=batch_size, eval_batch_size=eval_batch_size,
