@@ -79,3 +79,22 @@ def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Pa
         a, b = load_weights(out_full / rel), load_weights(out_killed / rel)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
     return resumed.stdout
+
+
+def track_dry_run(monkeypatch) -> list[bool]:  # noqa: ANN001
+    """Patch the runner's dry run so that the returned flag's ``[0]`` is True while it rehearses: spies that count
+    batches or forwards of the real run skip the dry run's few."""
+    import importlib
+
+    run_module = importlib.import_module("distill.run")  # the module: `distill.run` is also the function
+    rehearse, flag = run_module.dry_run, [False]
+
+    def dry(*args: object) -> object:
+        flag[0] = True
+        try:
+            return rehearse(*args)
+        finally:
+            flag[0] = False
+
+    monkeypatch.setattr(run_module, "dry_run", dry)
+    return flag

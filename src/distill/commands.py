@@ -210,12 +210,14 @@ def verify_cache(path: str, recipe_path: str | None, overrides: list[str]) -> st
         return summary(open_cache(Path(path)))
     from distill.cache.plan import fingerprint_for
     from distill.recipe import load_recipe
-    from distill.run import obtain_teacher
+    from distill.run import finished_teacher
 
     recipe = load_recipe(recipe_path, overrides)
     if recipe.teacher is None:
         raise DistillError("the recipe has no 'teacher' section")
     plan = plan_from_recipe(recipe)
-    obtain_teacher(plan, resume=True, log=lambda _: None)
     assert plan.teacher is not None
+    if plan.teacher.train is not None and finished_teacher(plan) is None:  # verifying never trains anything
+        raise DistillError(f"the recipe's teacher has no weights and {plan.out / 'teacher'} holds no finished "
+                           f"teacher of this recipe: train it first (`distill teacher {recipe_path}`)")
     return summary(open_cache(Path(path), fingerprint_for(plan, plan.teacher.frozen(plan.data))))

@@ -84,6 +84,7 @@ class Plan:
     teachers: dict[str, TeacherPart] = field(default_factory=dict)  # several named teachers (multi_teacher)
     peers: dict[str, Peer] = field(default_factory=dict)  # students trained beside `student` (mutual)
     fresh_student: Callable[[int], nn.Module] | None = None  # a new student initialised from a seed
+    dry_run: list[tuple[str, str]] | None = None  # set: a dry run's miniature (distill.dry_run), roles recorded
 
     def teacher_parts(self) -> dict[str, TeacherPart]:
         """Every teacher by the role it trains under: ``teacher``, or ``teachers/<name>`` for several."""
@@ -156,19 +157,33 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     return body
 
 
-ROLE_KEYS = {"teacher": {"seed", "data", "teacher", "train", "device"},
-             "scratch": {"seed", "data", "student", "train", "device"}}
-
-
 def fingerprint(identity: dict[str, Any], role: str) -> str:
     """Identity of a role's training: resuming is refused when anything that shapes it changed. A teacher
     trained here (``teacher``, ``teachers/<name>``) and a scratch baseline (``scratch``, ``scratch_<peer>``)
     depend on less than the whole recipe, so runs that differ only in methods or strategy share them."""
-    keep = ROLE_KEYS.get(role)
-    if role.startswith("teachers/"):
-        keep = {"seed", "data", "teachers", "train", "device"}
-    elif role.startswith("scratch_"):
-        keep = {"seed", "data", "student", "peers", "train", "device"}
-    body = {k: v for k, v in identity.items() if keep is None or k in keep}
+    body = dict(_role_identity(identity, role))
     body["role"] = role
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _role_identity(identity: dict[str, Any], role: str) -> dict[str, Any]:
+    """The part of a run's identity that a role depends on."""
+    if role == "teacher" or role.startswith("teachers/"):
+        return _teacher_identity(identity, role)
+    keep = {"seed", "data", "student", "train", "device"} if role == "scratch" else None
+    if role.startswith("scratch_"):
+        keep = {"seed", "data", "student", "peers", "train", "device"}
+    return {k: v for k, v in identity.items() if keep is None or k in keep}
+
+
+def _teacher_identity(identity: dict[str, Any], role: str) -> dict[str, Any]:
+    """A teacher trained here depends on its own spec, the data it sees (every label: not the students' label
+    budget), the seed and device, and the top-level ``train`` only when it has no ``train`` of its own."""
+    spec = identity.get("teacher") if role == "teacher" else (identity.get("teachers") or {}).get(role[9:])
+    data = identity.get("data")
+    body = {k: identity[k] for k in ("seed", "device") if k in identity}
+    body |= {"teacher": spec, "data": {k: v for k, v in data.items() if k != "labels_per_class"}
+             if isinstance(data, dict) else data}
+    if not isinstance(spec, dict) or spec.get("train") is None:
+        body["train"] = identity.get("train")
+    return body

@@ -271,8 +271,9 @@ def _plot_scatter(path: Path, models: dict[str, dict]) -> None:
 
 def write_report(out_dir: str | Path, *, models: dict[str, dict], histories: dict[str, list[dict]],
                  recipe: dict, seed: int, title: str = "distill report",
-                 notes: list[str] | None = None, roles: dict[str, str] | None = None) -> Path:
-    """Write report.json, report.md, curves.png and accuracy_vs_params.png atomically into ``out_dir``.
+                 notes: list[str] | None = None, roles: dict[str, str] | None = None, figures: bool = True) -> Path:
+    """Write report.json, report.md, curves.png and accuracy_vs_params.png (unless ``figures`` is False)
+    atomically into ``out_dir``.
 
     ``models`` maps role (e.g. 'teacher', 'scratch', 'student'; order kept) to ``model_metrics`` output;
     ``histories`` maps role to per-epoch dicts ('epoch', 'val_top1', optional 'loss'). Non-finite numbers
@@ -297,8 +298,9 @@ def write_report(out_dir: str | Path, *, models: dict[str, dict], histories: dic
     if roles:
         report["summary_roles"] = {**ROLES, **roles}
     roles = list(models) + [r for r in histories if r not in models]
-    _plot_curves(out / CURVES_PNG, roles, histories)
-    _plot_scatter(out / SCATTER_PNG, models)
+    if figures:
+        _plot_curves(out / CURVES_PNG, roles, histories)
+        _plot_scatter(out / SCATTER_PNG, models)
     write_json(out / "report.json", report)
     md = out / "report.md"
     write_text(md, _markdown(report))

@@ -3,6 +3,7 @@ then evaluate all of them and write the report."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from distill.cache import prepare_cache
 from distill.data import BatchLoader, DataSplits, StreamDataset, head
 from distill.data.loader import token_lengths
+from distill.dry_run import dry_run
 from distill.engine import FitJob, fit
 from distill.engine.dist import (
     agree,
@@ -29,6 +31,7 @@ from distill.engine.dist import (
     world_size,
 )
 from distill.engine.optim import Group
+from distill.errors import DistillError
 from distill.evaluate import model_metrics, predict, topk_accuracy
 from distill.io import load_into, load_weights, read_json, remove_stale_temps, save_weights, write_json
 from distill.methods import MethodSet
@@ -81,7 +84,28 @@ def execute(plan: Plan, *, resume: bool = False, log: Log = print) -> Outcome:
 
     strategy = plan.strategy if plan.strategy is not None else build_strategy("offline")
     on_main(partial(remove_stale_temps, plan.out))  # the report's and recipe's temporary files after a kill
+    started = time.perf_counter()
+    roles = dry_run(plan, strategy)  # whatever would fail when a role starts fails now, before any training
+    if resume:
+        everywhere(partial(check_resumable, plan.out, roles))
+    log(f"dry run: {len(roles)} role(s) built and stepped once on a few samples "
+        f"({time.perf_counter() - started:.1f}s)")
     return strategy.run(plan, resume=resume, log=log)
+
+
+def check_resumable(out: Path, roles: list[tuple[str, str]]) -> None:
+    """Refuse ``--resume`` before anything trains (and before anything on disk changes) when a role's finished
+    record or checkpoint under ``out`` was written by a different recipe."""
+    for role, fp in roles:
+        folder = out / role
+        for record in (folder / "model.json", *(folder / c / "meta.json" for c in ("checkpoint", "checkpoint.old"))):
+            if not record.is_file():
+                continue
+            meta = read_json(record, f"{role}'s record", f"delete {record.parent} to train {role} again")
+            if meta.get("fingerprint") != fp:
+                raise DistillError(f"{record.parent} was written by a different recipe ({role} changed); --resume "
+                                   f"needs the same recipe: delete {folder} to train {role} anew, or run without "
+                                   "--resume or with another output_dir")
 
 
 def train_scratch(plan: Plan, model: nn.Module, *, role: str = "scratch", resume: bool, log: Log,
@@ -136,6 +160,13 @@ def obtain_teacher(plan: Plan, *, resume: bool, log: Log, part: TeacherPart | No
                       resume=resume, log=log, inputs=part.inputs)
 
 
+def finished_teacher(plan: Plan, role: str = "teacher") -> Trained | None:
+    """The plan's teacher as trained by an earlier run into ``<output_dir>/<role>/`` (weights loaded into the
+    plan's teacher), or None when no finished teacher of this recipe is there. Never trains."""
+    assert plan.teacher is not None
+    return _finished(plan.out / role, fingerprint(plan.identity, role), plan.teacher.model, plan.teacher.inputs)
+
+
 def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False, log: Log = print,
                   notes: list[str] | None = None, role: str = "student", model: nn.Module | None = None,
                   methods: MethodSet | None = None, cache_plan: Plan | None = None,
@@ -171,7 +202,15 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     check_global_batch(plan.batch_size)
     out = plan.out / role
     fp = fingerprint(plan.identity, role)
+    if plan.dry_run is not None:  # a dry run's miniature: one epoch per stage, and the role recorded
+        plan.dry_run.append((role, fp))
+        train = train.model_copy(update={"epochs": 1})
+        for method in methods.methods:
+            if getattr(method, "pretrain_epochs", 0) > 1:
+                method.pretrain_epochs = 1
     on_main(partial(remove_stale_temps, out))  # what a kill -9 left half-written; nothing reads it
+    if resume:  # refused before anything in the role's folder changes
+        everywhere(partial(check_resumable, plan.out, [(role, fp)]))
     done = everywhere(partial(_finished, out, fp, model, inputs)) if resume else None
     agree(done is not None, f"whether {role} is already complete in {out}")
     if done is not None:
@@ -268,7 +307,8 @@ def _evaluate_and_write(plan: Plan, trained: dict[str, Trained], teacher: nn.Mod
     models = _metrics(plan, trained, teacher)
     described = plan.recipe.model_dump(mode="json") if plan.recipe is not None else {"python": plan.identity}
     path = write_report(plan.out, models=models, histories={r: t.history for r, t in trained.items()},
-                        recipe=described, seed=plan.seed, title=plan.name, notes=notes, roles=roles)
+                        recipe=described, seed=plan.seed, title=plan.name, notes=notes, roles=roles,
+                        figures=plan.dry_run is None)  # a dry run skips the plots: most of its time otherwise
     log(f"report: {path}")
     return models
 

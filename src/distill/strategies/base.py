@@ -7,6 +7,7 @@ precision or DDP: every role it trains goes through ``distill.run.train_role`` (
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +55,10 @@ class Strategy:
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:  # pragma: no cover - abstract
         """Train the plan's roles through ``distill.run.train_role`` and write the report."""
         raise NotImplementedError
+
+    def dry_copy(self) -> Strategy:
+        """This strategy as the dry run (``distill.dry_run``) runs it: an independent copy, at its cheapest."""
+        return copy.deepcopy(self)
 
     def key(self) -> str:
         """The registered name of this strategy."""

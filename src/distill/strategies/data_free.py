@@ -71,6 +71,12 @@ class DataFree(Strategy):
         self._gen = validate_part(GeneratorSpec, generator or {}, "strategy.generator")
         self._losses = GeneratorLosses(**validate_part(LossSpec, losses or {}, "strategy.losses").model_dump())
 
+    def dry_copy(self) -> DataFree:
+        """One generated batch per epoch: the dry run only needs every part to run once."""
+        rehearsal = copy.deepcopy(self)
+        rehearsal.steps = 1
+        return rehearsal
+
     def check(self, recipe: Recipe) -> None:
         super().check(recipe)
         _refuse(untrained=recipe.teacher is not None and recipe.teacher.weights is None,
