@@ -130,3 +130,29 @@ class NeedsCheckpointFile(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         raise FileNotFoundError("pretrained/backbone.pth")
+
+
+class TrainModeBug(TinyNet):
+    """A user model whose forward works in eval mode and raises in train mode (a broken dropout branch): the
+    build's eval-mode probe passes, only a training step finds it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise ValueError("train-mode branch expects a mask argument")
+        return super().forward(x)
+
+
+class FlakyItems(DigitsItems):
+    """A user's Dataset with ``targets`` (labels need no pass over the items) whose item ``bad`` cannot be read;
+    ``in_worker``: only inside a DataLoader worker process."""
+
+    def __init__(self, split: str = "train", bad: int = 3, in_worker: bool = False) -> None:
+        super().__init__(split)
+        self.targets, self.bad, self.in_worker = self.y, bad, in_worker
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from torch.utils.data import get_worker_info
+
+        if i == self.bad and (not self.in_worker or get_worker_info() is not None):
+            raise ValueError(f"corrupt record {i}")
+        return super().__getitem__(i)

@@ -24,8 +24,8 @@ from distill.cache.build import dataset_hash, hash_tensors
 from distill.data import DataSplits, build_data, python_data
 from distill.data.augment import Augment
 from distill.engine.dist import check_device, distributed, main_log, on_main
-from distill.errors import DistillError
-from distill.io import check_output_dir, file_system_errors, write_text
+from distill.errors import DistillError, error_boundary
+from distill.io import check_output_dir, write_text
 from distill.methods import METHODS, Method, MethodSet
 from distill.plan import Peer, Plan, TeacherPart, plan_from_recipe, teacher_part
 from distill.recipe import (
@@ -60,7 +60,7 @@ class FitResult:
     history: list[dict[str, Any]]
 
 
-@file_system_errors
+@error_boundary
 def fit(teacher: Part | None = None, student: Part | None = None, train: Any = None, val: Any = None,
         test: Any = None, *, methods: Sequence[Method | str | dict[str, Any]] = ("kd",), epochs: int | None = None,
         training: TrainSpec | dict[str, Any] | None = None, output_dir: str | Path | None = None,

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from distill.errors import DistillError, os_error_message
+from distill.errors import DistillError, known_failure, single_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,15 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except DistillError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {single_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # the file system said no: a full disk, permissions, a path that went away mid-run
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        return 2
-    except Exception:  # not a known failure kind: show where, and say it is ours to fix
+    except Exception as e:
+        known = known_failure(e)  # the file system said no, an unreadable file, the user's own code raised
+        if known is not None:
+            print(f"error: {single_line(known)}", file=sys.stderr)
+            return 2
+        # not a known failure kind: show where, and say it is ours to fix
         print("error: internal error, a bug in distill; please report it with the traceback below", file=sys.stderr)
         traceback.print_exc()
         return 1

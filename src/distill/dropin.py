@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.engine import as_fp32, setup_methods
-from distill.errors import DistillError
-from distill.io import file_system_errors
+from distill.errors import DistillError, error_boundary
 from distill.methods import METHODS, Method, MethodSet
 from distill.models import FrozenTeacher, Keys, as_logits, feed
 from distill.taps import FeatureTaps
@@ -41,7 +40,7 @@ class DistillationModel(nn.Module):
     for methods that schedule themselves over training.
     """
 
-    @file_system_errors
+    @error_boundary
     def __init__(self, student: nn.Module, teacher: nn.Module, methods: Sequence[Method | str], *,
                  example: Any = None, num_samples: int = 0, student_inputs: Keys = None,
                  teacher_inputs: Keys = None, student_norm: Any = None, teacher_norm: Any = None,

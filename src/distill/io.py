@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,22 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from distill.errors import DistillError, first_line, os_error_message
+from distill.errors import DistillError, first_line
 
 T = TypeVar("T")
-
-
-def file_system_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Decorate a public entry point (``distill.fit``, ``DistillationModel``) so that a refusal by the file system
-    anywhere inside (a full disk, a permission, a path gone mid-run) is a DistillError naming the file; the
-    original stays attached as ``__cause__``. Other exceptions pass through unchanged."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except OSError as e:
-            raise DistillError(os_error_message(e)) from e
-    return wrapper
 
 
 @contextmanager
@@ -59,10 +45,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-# what a kill -9 can leave: atomic_path's `.<name>.<8 random chars>.tmp` files, and the staging folders of a
-# checkpoint or a cache build (`checkpoint.tmp`, `cache.tmp`)
+# what a kill -9 can leave: atomic_path's `.<name>.<8 random chars>.tmp` files, the staging folders of a checkpoint
+# or a cache build (`checkpoint.tmp`, `cache.tmp`), a cache being replaced (`cache.old`) and a dry run's folder.
+# (`checkpoint.old` is not stale: a kill during the checkpoint swap leaves the last complete checkpoint there.)
 _STALE_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-STALE_DIRS = ("checkpoint.tmp", "cache.tmp")
+STALE_DIRS = ("checkpoint.tmp", "cache.tmp", "cache.old", "dry_run.tmp")
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from distill.errors import DistillError
+from distill.errors import DistillError, single_line
 from distill.registry import closest
 from distill.spec_check import numbers_in
 from distill.yaml_io import load_yaml, read_yaml
@@ -285,6 +285,7 @@ def _explain(e: ValidationError, root: Any = None, prefix: str = "") -> str:
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix] * bool(prefix) + loc) or "recipe"
+    key = key if key.isprintable() else repr(key)[1:-1]  # a key holding a newline stays on the error's one line
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], root or Recipe)
         return (f"unknown key '{key}'{closest(loc[-1], allowed)} (allowed: {', '.join(allowed)})")
@@ -292,7 +293,7 @@ def _explain(e: ValidationError, root: Any = None, prefix: str = "") -> str:
         return f"missing required key '{key}'"
     got = repr(err.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{key}: {err['msg'].lower()} (got {got})"
+    return f"{key}: {single_line(err['msg']).lower()} (got {got})"
 
 
 def _allowed_keys(loc: list[str], root: Any) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 
 MAX_NODES = 1_000_000  # values after alias expansion; a recipe has hundreds, a "billion laughs" file billions
 
@@ -81,6 +81,7 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return load_yaml(text, str(path))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DistillError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        mark, position = getattr(e, "problem_mark", None), getattr(e, "position", None)  # a ReaderError: position
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else \
+            f" at character {position}" if position is not None else ""
+        raise DistillError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or first_line(e)}") from None

@@ -242,6 +242,26 @@ def _check_labels(name: str, raw: RawSplits) -> None:
             )
 
 
+def _check_inputs(name: str, raw: RawSplits) -> None:
+    """Real-valued, finite inputs in every split (each field of a dict input): one DistillError naming the
+    dataset, split, field and first bad row otherwise. Streamed splits are checked on their first samples."""
+    for split in ("train", "val", "test"):
+        ds = getattr(raw, split)
+        x = ds.x if isinstance(ds, ArrayDataset) else ds.take(torch.arange(min(len(ds), 64)))
+        for field, values in (x.items() if isinstance(x, dict) else [("", x)]):
+            where = f"dataset {name!r}, {split} split{f', field {field!r}' if field else ''}"
+            if not isinstance(values, Tensor):
+                continue  # e.g. raw strings a tokenizer reads: nothing numeric to check
+            if values.is_complex():
+                raise DistillError(f"{where}: inputs are complex ({values.dtype}); models take real values "
+                                   "(split real and imaginary parts into channels)")
+            if values.is_floating_point():
+                bad = (~torch.isfinite(values.reshape(len(values), -1))).any(dim=1).nonzero()  # (K, 1) rows
+                if len(bad):
+                    raise DistillError(f"{where}: {len(bad)} sample(s) have NaN or infinite inputs, the first at "
+                                       f"row {int(bad[0])}; clean or drop them")
+
+
 def apply_label_budget(y: Tensor, num_classes: int, labels_per_class: int, seed: int) -> Tensor:
     """Return a copy of ``y`` (N,) keeping ``labels_per_class`` random labels per class, the rest
     set to ``UNLABELLED``. The choice depends only on ``seed``. 0: no label at all (label-free distillation:

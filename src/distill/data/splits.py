@@ -18,6 +18,7 @@ from distill.data.base import (
     DataSplits,
     RawSplits,
     Stats,
+    _check_inputs,
     _check_kwargs,
     _check_labels,
     _resolve_norm,
@@ -88,6 +89,7 @@ def ready(name: str, raw: RawSplits, *, seed: int, labels_per_class: int | None,
           normalize: tuple[Sequence[float], Sequence[float]] | None) -> DataSplits:
     """Label budget and normalisation applied to every split; the result the engine trains on."""
     _check_labels(name, raw)
+    _check_inputs(name, raw)
     input_shape = sample_shape(raw.train)
     if isinstance(input_shape, dict):
         if normalize is not None:

@@ -56,6 +56,9 @@ def _array_pair(path: Path, npz: np.lib.npyio.NpzFile, xk: str, yk: str) -> Arra
         x, y = npz[xk], npz[yk]
     except ValueError as e:  # object arrays need pickle, which we refuse for user files
         raise DistillError(f"{path}: cannot read '{xk}'/'{yk}' without pickle ({e})") from None
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise DistillError(f"{path}: '{xk}' is complex ({x.dtype}); models take real values (split the real and "
+                           "imaginary parts into channels)")
     if x.ndim < 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DistillError(f"{path}: '{xk}' must be a numeric (N, ...) array, got {x.dtype} {x.shape}")
     if len(x) != len(y):
