@@ -134,21 +134,27 @@ def flaky(in_worker: bool) -> Callable[[], dict]:
                     for s in ("train", "val", "test")}
 
 
+def cases(kind: str, items: list[tuple[str, Callable[[Path, Path], Argv], str]]) -> list[tuple]:
+    """The catalogue's cases of one class of failure."""
+    return [(kind, *item) for item in items]
+
+
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 DUPLICATE = yaml.safe_dump(digits_recipe(Path("/tmp/x"))) + "train: {epochs: 1}\n"
 PICKLE = (b"\x80\x04\x95\x1c\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94"
           b"\x8c\x04true\x94\x85\x94R\x94.")  # os.system("true") on unpickling
 
-# (case id, argv builder (tmp, finished run) -> argv, text the error line must contain)
-CASES: list[tuple[str, Callable[[Path, Path], Argv], str]] = [
-    # the output side of the file system
+# (class, case id, argv builder (tmp, finished run) -> argv, text the error line must contain)
+CASES: list[tuple[str, str, Callable[[Path, Path], Argv], str]] = []
+CASES += cases('output side of the file system', [
     ("output-is-a-file", lambda t, f: after((t / "o").write_text(""), recipe(t, output_dir=str(t / "o"))), "is a file"),
     ("output-under-a-file", lambda t, f: after((t / "o").write_text(""), recipe(t, output_dir=str(t / "o" / "x"))),
      "which is a file"),
     ("output-unwritable", lambda t, f: recipe(t, output_dir="/proc/distill-x"), "cannot write"),
     ("output-name-too-long", lambda t, f: recipe(t, output_dir=str(t / ("x" * 300))), "255"),
-    # the user's own code
+])
+CASES += cases("the user's own code", [
     ("user-constructor-raises", lambda t, f: recipe(t, student={"name": "external",
                                                                 "target": "user_parts:NeedsCheckpointFile"}),
      "NeedsCheckpointFile"),
@@ -157,7 +163,8 @@ CASES: list[tuple[str, Callable[[Path, Path], Argv], str]] = [
      "train-mode branch"),
     ("user-dataset-item-raises", registered("flaky_items", flaky(False)), "corrupt record 3"),
     ("device-this-machine-lacks", lambda t, f: recipe(t, device="cuda"), "cuda"),
-    # corrupt or hostile files
+])
+CASES += cases('corrupt or hostile files', [
     ("teacher-weights-empty", lambda t, f: teacher_file(t, b""), "teacher.pth"),
     ("teacher-weights-pickle-payload", lambda t, f: teacher_file(t, PICKLE), "teacher.pth"),
     ("teacher-weights-not-safetensors", lambda t, f: after((t / "w.safetensors").write_bytes(b"\x10" * 64), recipe(
@@ -170,7 +177,8 @@ CASES: list[tuple[str, Callable[[Path, Path], Argv], str]] = [
     ("recipe-not-utf8", lambda t, f: raw_recipe(t, b"name: \xff\xfe\n"), "UTF-8"),
     ("recipe-alias-bomb", lambda t, f: raw_recipe(t, ALIAS_BOMB), "alias"),
     ("image-decompression-bomb", lambda t, f: image_folder(t, (20000, 20000)), "huge.png"),
-    # accepted silently before
+])
+CASES += cases('accepted silently before', [
     ("recipe-duplicate-key", lambda t, f: raw_recipe(t, DUPLICATE.replace("/tmp/x", str(t))), "train"),
     ("method-negative-weight", lambda t, f: recipe(t, method={"name": "kd", "weight": -1}), "weight"),
     ("kd-negative-alpha", lambda t, f: recipe(t, method={"name": "kd", "alpha": -1}), "alpha"),
@@ -181,17 +189,20 @@ CASES: list[tuple[str, Callable[[Path, Path], Argv], str]] = [
     ("data-non-finite-input", lambda t, f: npz(t, np.where(np.eye(200, 64) > 0, np.nan, digits_xy()[0]),
                                               digits_xy()[1]), "NaN"),
     ("data-complex-input", lambda t, f: npz(t, digits_xy()[0].astype(np.complex64), digits_xy()[1]), "complex"),
-    # found only after other roles trained, before
+])
+CASES += cases('found late before', [
     ("student-option-unknown", lambda t, f: recipe(t, student={"name": "mlp", "hidden": [16], "widht": 2}), "widht"),
     ("tap-path-missing", lambda t, f: fitnet(t, "nothere", "down1"), "nothere"),
     ("tap-shapes-no-connector", lambda t, f: fitnet(t, "classifier", "down1"), "connector"),
-    # side effects of a refusal
+])
+CASES += cases('side effects of a refusal', [
     ("resume-changed-recipe", lambda t, f: after(copy_run(t, f), recipe(t, train={"epochs": 3}) + ["--resume"]),
      "different recipe"),
     ("cache-verify-untrained-teacher", lambda t, f: ["cache", "verify", str(copy_run(t, f) / "cache"),
                                                      "--recipe", recipe(t, output_dir=str(t / "new"))[1]],
      "train it first"),
-    # every other command
+])
+CASES += cases('every other command', [
     ("teacher-without-teacher", lambda t, f: ["teacher", recipe(t, teacher=None, method={"name": "ce"})[1]],
      "teacher"),
     ("eval-missing-checkpoint", lambda t, f: ["eval", recipe(t)[1], "--checkpoint", str(t / "none.safetensors")],
@@ -208,13 +219,16 @@ CASES: list[tuple[str, Callable[[Path, Path], Argv], str]] = [
                                                                           method={"name": "ce"})[1]], "teacher"),
     ("cache-verify-no-folder", lambda t, f: ["cache", "verify", str(t / "nothing")], "no such directory"),
     ("export-not-a-run", lambda t, f: ["export", str(t), "--format", "safetensors"], "report"),
-]
+])
 
 
-@pytest.mark.parametrize(("case", "build", "needle"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, capsys, finished: Path, case: str,
-                                                   build: Callable[[Path, Path], Argv], needle: str) -> None:
+@pytest.mark.parametrize(("kind", "case", "build", "needle"), CASES, ids=[c[1] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, capsys, record_property, finished: Path,
+                                                   kind: str, case: str, build: Callable[[Path, Path], Argv],
+                                                   needle: str) -> None:
     argv = build(tmp_path, finished)
+    record_property("class", kind)  # benchmarks/reliability.py counts cases per class and per command
+    record_property("command", " ".join(argv[:2] if argv[0] == "cache" else argv[:1]))
     capsys.readouterr()
     before = snapshot(tmp_path)
     code, _, err = cli(capsys, *argv)

@@ -23,7 +23,7 @@ PATHS = ["name", "seed", "output_dir", "device", "compare", "data", "data.name",
          "method.name", "method.T", "method.alpha", "method.beta", "methods", "train", "train.epochs",
          "train.optimizer", "train.optimizer.lr", "train.optimizer.name", "train.schedule", "train.grad_clip",
          "cache", "cache.k", "strategy", "eval", "eval.latency", "teachers", "peers"]
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["kd", "mlp", "digits", "auto", "off", "sgd", "cuda",
