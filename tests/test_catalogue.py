@@ -188,6 +188,7 @@ CASES += cases('accepted silently before', [
     ("data-huge-label-id", lambda t, f: npz(t, digits_xy()[0], np.r_[np.arange(199) % 10, 2**40]), "classes"),
     ("data-non-finite-input", lambda t, f: npz(t, np.where(np.eye(200, 64) > 0, np.nan, digits_xy()[0]),
                                               digits_xy()[1]), "NaN"),
+    ("data-sparse-labels", lambda t, f: npz(t, digits_xy()[0], (np.arange(200) % 2) * 7), "never appear"),
     ("data-complex-input", lambda t, f: npz(t, digits_xy()[0].astype(np.complex64), digits_xy()[1]), "complex"),
 ])
 CASES += cases('found late before', [

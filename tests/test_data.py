@@ -240,7 +240,8 @@ def test_arrays_given_splits_and_num_classes(tmp_path) -> None:
                       x_test=rng.normal(size=(3, 5)), y_test=np.array([0.0, 1.0, 2.0]))
     d = build_data("arrays", path=path, num_classes=6)
     assert (len(d.train), len(d.val), len(d.test)) == (60, 4, 3) and d.num_classes == 6
-    assert build_data("arrays", path=path).num_classes == 5  # max label (in val) + 1
+    with pytest.raises(DistillError, match=r"labels run up to 4 but 1 id\(s\) in between never appear \(3\)"):
+        build_data("arrays", path=path)  # label 3 appears nowhere: dense labels, or a declared class count
     with pytest.raises(DistillError, match="label 4 in the val split"):
         build_data("arrays", path=path, num_classes=4)
 

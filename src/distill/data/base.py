@@ -242,6 +242,23 @@ def _check_labels(name: str, raw: RawSplits) -> None:
             )
 
 
+def inferred_classes(name: str, splits: Sequence[Any]) -> int:
+    """The class count labels imply (largest + 1) when none is declared; labels must then be dense: an id that
+    never appears between 0 and the largest is refused (a model would carry outputs nothing trains)."""
+    ys = [s.y for s in splits if len(s)]
+    largest = max(int(y.max()) for y in ys)
+    present = torch.unique(torch.cat(ys))
+    present = present[present >= 0]  # a negative label is reported by the label check, naming its split
+    # one class alone, or a runaway id, has a message of its own (the label check)
+    if 2 <= len(present) < largest + 1 and largest < MAX_CLASSES:
+        missing = sorted(set(range(largest + 1)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DistillError(f"dataset {name!r}: labels run up to {largest} but {len(missing)} id(s) in between never "
+                           f"appear ({shown}); remap the labels to 0..K-1, or declare the class count "
+                           "(num_classes) if those classes exist but are absent here")
+    return largest + 1
+
+
 def _check_inputs(name: str, raw: RawSplits) -> None:
     """Real-valued, finite inputs in every split (each field of a dict input): one DistillError naming the
     dataset, split, field and first bad row otherwise. Streamed splits are checked on their first samples."""

@@ -23,6 +23,7 @@ from distill.data.base import (
     _check_labels,
     _resolve_norm,
     apply_label_budget,
+    inferred_classes,
 )
 from distill.data.stream import as_split, normalize_split, sample_shape
 from distill.data.user import _fill_splits
@@ -64,7 +65,7 @@ def raw_splits(name: str, *, train: Any, val: Any = None, test: Any = None, num_
         raise DistillError(f"dataset {name!r}: the train split is empty")
     tr, va, te = _fill_splits(parts["train"], parts["val"], parts["test"], 0.1, 0.1)
     if num_classes is None:
-        num_classes = max(int(s.y.max()) for s in (tr, va, te) if len(s)) + 1
+        num_classes = inferred_classes(name, (tr, va, te))
     return RawSplits(tr, va, te, num_classes=num_classes, mean=mean or IDENTITY[0], std=std or IDENTITY[1])
 
 

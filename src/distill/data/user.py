@@ -10,7 +10,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data.base import DATASETS, ArrayDataset, RawSplits, channel_stats, check_int, stratified_split
+from distill.data.base import (
+    DATASETS,
+    ArrayDataset,
+    RawSplits,
+    channel_stats,
+    check_int,
+    inferred_classes,
+    stratified_split,
+)
 from distill.data.stream import StreamDataset
 from distill.errors import DistillError
 from distill.io import first_line
@@ -106,9 +114,9 @@ def arrays(
     if len(train) == 0:
         raise DistillError("dataset 'arrays': the train split is empty")
     train, val, test = _fill_splits(train, val, test, val_fraction, test_fraction)
-    found = max(int(ds.y.max()) for ds in (train, val, test) if len(ds)) + 1
+    found = inferred_classes(f"arrays {file}", (train, val, test)) if num_classes is None else num_classes
     mean, std = channel_stats(train.x, per_channel=False)
-    return RawSplits(train, val, test, num_classes=found if num_classes is None else num_classes,
+    return RawSplits(train, val, test, num_classes=found,
                      mean=mean, std=std)
 
 
