@@ -72,9 +72,10 @@ def _to(x: Any, device: torch.device) -> Any:
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data: Any, batch_size: int = 1000, inputs: Any = None) -> Tensor:
-    """Logits (N, C) of ``model`` on ``data``, computed in eval mode in batches of ``batch_size``.
+@torch.inference_mode()
+def predict(model: nn.Module, data: Any, batch_size: int | None = None, inputs: Any = None) -> Tensor:
+    """Logits (N, C) of ``model`` on ``data``, computed in eval mode in batches of ``batch_size`` (None: the
+    fastest, measured once per model; ``distill.batching``).
 
     ``data``: a (N, ...) tensor, a dict of them, or a split (``ArrayDataset`` / ``StreamDataset``); ``inputs``:
     the keys of a dict input the model reads (``distill.models.Keys``). Batches move to the model's device;
@@ -82,6 +83,10 @@ def predict(model: nn.Module, data: Any, batch_size: int = 1000, inputs: Any = N
     """
     from distill.models.teacher import feed
 
+    if batch_size is None:
+        from distill.batching import inference_batch_size
+
+        batch_size = inference_batch_size(model, data, inputs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _device_of(model, torch.device("cpu"))
@@ -191,7 +196,8 @@ def _from_history(history: list[dict]) -> tuple[float | None, float | None, int 
 
 def model_metrics(model: nn.Module, test_x: Any, test_y: Tensor, *, num_classes: int, inputs: Any = None,
                   teacher_logits: Tensor | None = None, weights_path: str | Path | None = None,
-                  history: list[dict] | None = None, latency: bool = True) -> dict[str, float | int | None]:
+                  history: list[dict] | None = None, latency: bool = True,
+                  logits: Tensor | None = None) -> dict[str, float | int | None]:
     """All report metrics of one model on the test set.
 
     Keys: top1 (this model on test), top1_last, top1_best, best_epoch, top5 (None when num_classes <= 5),
@@ -201,9 +207,9 @@ def model_metrics(model: nn.Module, test_x: Any, test_y: Tensor, *, num_classes:
     With a non-empty ``history`` (per-epoch dicts with 'epoch', 'val_top1', 'test_top1'): top1_last is the
     last epoch's test_top1 (falling back to top1 if absent) and top1_best the test_top1 of the epoch with
     the highest val_top1 (earliest on ties). Without history, top1_last = top1_best = top1 and best_epoch
-    is None.
+    is None. ``logits``: the model's test logits when already computed (the teacher's, for the agreement column).
     """
-    logits = predict(model, test_x, inputs=inputs)
+    logits = predict(model, test_x, inputs=inputs) if logits is None else logits
     top1 = topk_accuracy(logits, test_y, 1)
     top1_last: float | None = top1
     top1_best: float | None = top1

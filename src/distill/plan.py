@@ -71,7 +71,7 @@ class Plan:
     teacher: TeacherPart | None = None
     student_inputs: Keys = None
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int | None = None  # None: the fastest for each model, measured (distill.batching)
     cache: CacheSpec = field(default_factory=CacheSpec)
     augment: Augment | None = None
     compare: bool = True
@@ -138,7 +138,8 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What shapes a recipe's training: the recipe minus where its outputs go and how they are shown."""
     body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
-    for part, key in (("data", "augment"), ("data", "workers"), ("data", "classes"), ("data", "group_by_length"),
+    for part, key in (("data", "augment"), ("data", "workers"), ("data", "eval_batch_size"), ("data", "classes"),
+                      ("data", "group_by_length"),
                       ("teacher", "pretrained"), ("student", "pretrained"), ("teacher", "inputs"),
                       ("student", "inputs"), ("teacher", "classes"), ("student", "classes"), ("teacher", "resize"),
                       ("student", "resize"), ("teacher", "resize_margin"), ("student", "resize_margin")):

@@ -103,7 +103,7 @@ class AugmentSpec(_Strict):
 class DataSpec(_Open):
     labels_per_class: int | None = None
     batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)  # None: the fastest, measured (distill.batching)
     normalize: NormSpec | None = None
     augment: AugmentSpec | None = None
     workers: int | None = Field(None, ge=0)  # DataLoader workers for streamed datasets (default: 2)

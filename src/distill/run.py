@@ -292,7 +292,7 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
         model, keys = (t.frozen, None) if t.frozen is not None else (t.model, t.inputs)
         metrics = model_metrics(model, test, test.y, num_classes=plan.data.num_classes, inputs=keys,
                                 teacher_logits=t_logits, weights_path=t.weights, history=_main_stage(t.history),
-                                latency=plan.latency)
+                                latency=plan.latency, logits=t_logits if model is teacher else None)
         metrics["params"] = sum(p.numel() for p in t.model.parameters())
         path = (plan.embeddings or {}).get("teacher" if role.startswith("teacher") else "student")
         if path is not None:  # evaluation only: the probes fit on the training split's true labels

@@ -78,7 +78,7 @@ def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], input
     }
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long."""
     logits = teacher(x).float()  # (B, C)
@@ -88,7 +88,7 @@ def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tup
 
 
 def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dict[str, Any],
-                augment: Any = None, batch_size: int = 1000, device: str = "cpu",
+                augment: Any = None, batch_size: int | None = None, device: str = "cpu",
                 log: Any = print) -> TeacherCache:
     """Run ``teacher`` once over ``inputs`` (a (N, ...) tensor, or a split) for every view, store top-k logits,
     open the result.
@@ -110,6 +110,10 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
         raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
     idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
     t0 = time.perf_counter()
+    if batch_size is None:  # fixed, not measured: the same inputs always give the same cache (distill.batching)
+        from distill.batching import CACHE_BATCH
+
+        batch_size = CACHE_BATCH
     arrays: dict[str, np.ndarray] = {}
     shards = []
     for v in range(views):

@@ -1,0 +1,87 @@
+"""The batch size of evaluation forwards (per-epoch accuracy, the report), chosen by a short measurement.
+
+No single batch size is fastest for every model. Measured on this project's 2-core CPU (samples per second, eval
+mode, no grad; `python benchmarks/inference_batch.py`, table in docs/BENCHMARKS.md): the pretrained ccexam MNIST
+CNN runs 1.65x faster at 256 than at 1000 and resnet8x4 1.6x faster at 64, while an MLP and the 1-D resnet32
+are fastest at 1000 (resnet32 1.6x faster than at 128). So the first forward over a large enough split times one
+batch at each of ``CANDIDATES`` on its first samples and keeps the fastest for that model, input shape and device
+for the rest of the process.
+
+Logits are bit-identical across the candidate sizes for the zoo models tested (``tests/test_batching.py``), but
+not at every size (an MLP at batch 7 differs in the last bit), and a timing can differ between two runs. So the
+measured size is used only where logits feed metrics; the teacher cache, whose content shapes training, is built
+at a fixed size (``CACHE_BATCH``, or ``data.eval_batch_size``), so a rerun or a resumed run gets the same cache.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+CANDIDATES = (32, 128, 512, 1024)
+CACHE_BATCH = 256  # the teacher cache's batch: 1.65x faster than 1000 for the ccexam CNN, >= 0.8x elsewhere
+DEFAULT = 256  # below PROBE_MIN samples: the measurement would cost more than it could save
+PROBE_MIN = 8 * sum(CANDIDATES)  # the probe reads ~1/8 of such a split once, and saves up to half of every pass
+_CHOSEN: dict[tuple[Any, ...], int] = {}
+
+
+def inference_batch_size(model: nn.Module, data: Any, inputs: Any = None) -> int:
+    """The batch size at which ``model`` runs inference on ``data`` (a tensor, a dict of tensors or a split)
+    fastest: measured once per model, input shape and device (see the module docstring); ``DEFAULT`` for a
+    split too small to be worth measuring."""
+    n = _rows(data)
+    if n < PROBE_MIN:
+        return max(1, min(n, DEFAULT))
+    first = _take(data, 1)
+    device = _device(model)
+    key = (id(model), _shape(first), str(device), inputs if isinstance(inputs, str) else repr(inputs))
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _measure(model, data, inputs, device)
+    return _CHOSEN[key]
+
+
+def _measure(model: nn.Module, data: Any, inputs: Any, device: torch.device) -> int:
+    from distill.evaluate import _eval_mode, _to
+    from distill.models.teacher import feed
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    speed: dict[int, float] = {}
+    with _eval_mode(model), torch.inference_mode():
+        feed(model, _to(_take(data, CANDIDATES[0]), device), inputs)  # warm-up: first-call allocations
+        for b in CANDIDATES:
+            x = _to(_take(data, b), device)
+            sync()
+            t0 = time.perf_counter()
+            feed(model, x, inputs)
+            sync()
+            speed[b] = b / max(time.perf_counter() - t0, 1e-9)
+    return max(speed, key=speed.__getitem__)
+
+
+def _rows(data: Any) -> int:
+    if isinstance(data, dict):
+        return len(next(iter(data.values())))
+    return len(data)
+
+
+def _take(data: Any, n: int) -> Any:
+    """The first ``n`` inputs of ``data``, batched."""
+    if isinstance(data, torch.Tensor):
+        return data[:n]
+    if isinstance(data, dict):
+        return {k: v[:n] for k, v in data.items()}
+    from distill.data.stream import head
+
+    return head(data, n)
+
+
+def _shape(x: Any) -> Any:
+    return tuple((k, tuple(v.shape[1:])) for k, v in sorted(x.items())) if isinstance(x, dict) else tuple(x.shape[1:])
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
