@@ -228,3 +228,25 @@ def test_a_hand_edited_manifest_is_refused(tmp_path: Path, edit, needle: str) ->
     mf.write_text(json.dumps(edit(json.loads(mf.read_text()))))
     with pytest.raises(DistillError, match=needle):
         open_cache(tmp_path / "cache")
+
+
+def test_the_report_reads_the_teachers_test_logits_from_the_cache(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The cache stores the teacher's test logits; a rerun's report (and the first run's) never runs the teacher
+    over the test split again, and its teacher row and agreement column are what the live teacher gives."""
+    import importlib
+
+    runner = importlib.import_module("distill.run")  # the module: `distill.run` is also the function
+    recipe = write_recipe(tmp_path, digits_recipe(tmp_path, compare=False))
+    assert cli(capsys, "run", str(recipe))[0] == 0
+    first = json.loads((tmp_path / "out" / "report.json").read_text())["models"]
+    manifest = json.loads((tmp_path / "out" / "cache" / "manifest.json").read_text())
+    assert manifest["eval"]["test"]["rows"] == 359 and "eval-test.npy" in manifest["files"]
+    seen: list[int] = []
+    predict = runner.predict
+    monkeypatch.setattr(runner, "predict", lambda model, data, *a, **k: seen.append(len(data)) or predict(
+        model, data, *a, **k))
+    assert cli(capsys, "run", str(recipe), "--resume")[0] == 0
+    assert 359 not in seen  # the test split: not predicted again in the report (per-epoch eval: none, all resumed)
+    again = json.loads((tmp_path / "out" / "report.json").read_text())["models"]
+    for role in ("teacher", "student"):
+        assert again[role]["top1"] == first[role]["top1"] and again[role]["agreement"] == first[role]["agreement"]

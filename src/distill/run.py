@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from distill.cache import prepare_cache
+from distill.cache import cached_eval_logits, prepare_cache
 from distill.data import BatchLoader, DataSplits, StreamDataset, head
 from distill.data.loader import token_lengths
 from distill.dry_run import dry_run
@@ -284,7 +284,9 @@ def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, lo
 def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None) -> dict[str, dict[str, Any]]:
     """Test metrics of every trained role (the teacher through its frozen wrapper)."""
     test, bs = plan.data.test, plan.eval_batch_size
-    t_logits: Tensor | None = predict(teacher, test, bs) if teacher is not None else None
+    t_logits = None if teacher is None else cached_eval_logits(plan, teacher, "test")  # the teacher ran once
+    if teacher is not None and t_logits is None:
+        t_logits = predict(teacher, test, bs)
     t_path = (plan.embeddings or {}).get("teacher")
     ref = embed(teacher, t_path, test, batch_size=bs) if teacher is not None and t_path else None
     models: dict[str, dict] = {}

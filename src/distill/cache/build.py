@@ -89,9 +89,11 @@ def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tup
 
 def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dict[str, Any],
                 augment: Any = None, batch_size: int | None = None, device: str = "cpu",
-                log: Any = print) -> TeacherCache:
+                log: Any = print, evaluate: dict[str, Any] | None = None) -> TeacherCache:
     """Run ``teacher`` once over ``inputs`` (a (N, ...) tensor, or a split) for every view, store top-k logits,
-    open the result.
+    open the result. ``evaluate``: evaluation splits by name whose dense logits are stored too
+    (``eval-<name>.npy``, read back by ``distill.cache.plan.cached_eval_logits``), so the report's teacher row
+    never runs the teacher again.
 
     ``augment(x, index, view)`` (a ``distill.data.augment.Augment``) makes view ``v``'s inputs; without it
     there is one view. The teacher should already be in eval mode (a FrozenTeacher is).
@@ -131,13 +133,29 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
                     out[f][b - start: b - start + len(index)] = t.cpu().numpy()
             arrays.update({shard_name(v, s, f): a for f, a in out.items()})
             shards.append({"view": v, "shard": s, "start": start, "stop": stop})
+    evaluated = _eval_logits(teacher, evaluate or {}, batch_size, on, arrays)
     seconds = time.perf_counter() - t0
     manifest = {"fingerprint": fp, "num_classes": classes, "k": k, "views": views, "temperatures": temps,
                 "build_seconds": round(seconds, 3),
-                "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps))}
+                "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps)),
+                **({"eval": evaluated} if evaluated else {})}
     write_cache(path, shards, arrays, manifest)
     log(f"cache: built {path} ({n} samples x {views} view(s), k={k}, {fp['dtype']}) in {seconds:.1f}s")
     return open_cache(path, fp)
+
+
+@torch.inference_mode()
+def _eval_logits(teacher: nn.Module, splits: dict[str, Any], batch_size: int, on: Any,
+                 arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Dense fp32 logits (N, C) of each evaluation split into ``arrays``; their manifest entries (rows, inputs)."""
+    from distill.data import batches
+
+    entries = {}
+    for name, split in splits.items():
+        logits = [teacher(on(x)).float().cpu() for _, x in batches(split, batch_size)]  # (B, C) each
+        arrays[f"eval-{name}.npy"] = torch.cat(logits).numpy()
+        entries[name] = {"rows": len(split), "dataset": dataset_hash(split)}
+    return entries
 
 
 def _check_storable(values: Tensor, dtype: Any, first_row: int) -> None:

@@ -20,10 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-from distill.cache.build import build_cache, cache_fingerprint, open_cache
-from distill.cache.store import TeacherCache
+from distill.cache.build import build_cache, cache_fingerprint, dataset_hash, hash_tensors, open_cache
+from distill.cache.store import TeacherCache, read_manifest
 from distill.engine.dist import everywhere, local_device, on_main
 from distill.errors import DistillError, StaleCacheError
 from distill.methods.base import MethodSet
@@ -122,4 +124,24 @@ def _open_or_build(plan: Plan, teacher: nn.Module, path: Path, fp: dict[str, Any
     device = local_device(plan.device)
     return build_cache(path, teacher=teacher.to(device), inputs=plan.data.train, fingerprint=fp,
                        augment=plan.augment if _augmenting(plan) else None, batch_size=plan.eval_batch_size,
-                       device=device, log=log)
+                       device=device, log=log, evaluate={"test": plan.data.test})
+
+
+def cached_eval_logits(plan: Plan, teacher: nn.Module, split: str) -> Tensor | None:
+    """The teacher's logits (N, C) on evaluation split ``split`` from the plan's cache, when there is one built
+    by this teacher (weights and preprocessing) over these very inputs; None otherwise (compute them)."""
+    path = cache_path(plan)
+    if plan.teacher is None or not (path / "manifest.json").is_file():
+        return None
+    try:
+        manifest = read_manifest(path)
+    except DistillError:
+        return None  # a damaged cache is reported where training reads it, not by the report
+    entry, fp = (manifest.get("eval") or {}).get(split), manifest.get("fingerprint") or {}
+    data = getattr(plan.data, split)
+    same_teacher = fp.get("teacher_spec") == plan.teacher.spec and \
+        fp.get("teacher_weights") == hash_tensors(teacher.state_dict())
+    if not isinstance(entry, dict) or not same_teacher or entry.get("dataset") != dataset_hash(data):
+        return None
+    logits = torch.from_numpy(np.load(path / f"eval-{split}.npy", allow_pickle=False))  # (N, C) fp32
+    return logits if logits.ndim == 2 and len(logits) == len(data) else None
