@@ -1,12 +1,17 @@
 """Inference throughput (samples/s, eval mode, no grad) of several models at several batch sizes on this machine:
 the measurement behind ``distill.batching`` (no single batch size is fastest for every model).
 
-    python benchmarks/inference_batch.py
+    python benchmarks/inference_batch.py [--no-write]
+
+Writes the table into docs/BENCHMARKS.md (section ``inference-batch``).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -41,12 +46,23 @@ def throughput(model: torch.nn.Module, x: torch.Tensor, b: int) -> float:
 
 
 def main() -> None:
-    print(f"| model | {' | '.join(f'b={b}' for b in SIZES)} | fastest / slowest |")
-    print("|---|" + "---:|" * (len(SIZES) + 1))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    args = ap.parse_args()
+    lines = ["Command: `python benchmarks/inference_batch.py` (samples per second over 4,096 random inputs, eval "
+             "mode, no grad).", "", f"| model | {' | '.join(f'b={b}' for b in SIZES)} | fastest / slowest |",
+             "|---|" + "---:|" * (len(SIZES) + 1)]
     for name, (model, shape) in models().items():
         model.eval()
         speeds = [throughput(model, torch.randn(N, *shape), b) for b in SIZES]
-        print(f"| {name} | {' | '.join(f'{s:,.0f}' for s in speeds)} | {max(speeds) / min(speeds):.2f}x |")
+        lines.append(f"| {name} | {' | '.join(f'{s:,.0f}' for s in speeds)} | {max(speeds) / min(speeds):.2f}x |")
+    print("\n".join(lines))
+    if not args.no_write:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from docs_section import replace_section
+
+        replace_section(Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md", "inference-batch",
+                        "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 No single batch size is fastest for every model. Measured on this project's 2-core CPU (samples per second, eval
 mode, no grad; `python benchmarks/inference_batch.py`, table in docs/BENCHMARKS.md): the pretrained ccexam MNIST
-CNN runs 1.65x faster at 256 than at 1000 and resnet8x4 1.6x faster at 64, while an MLP and the 1-D resnet32
-are fastest at 1000 (resnet32 1.6x faster than at 128). So the first forward over a large enough split times one
+CNN runs 1.6x faster at 64 than at 1000 and resnet8x4 1.8x faster at 32, while an MLP and the 1-D resnet32 are
+fastest at 1000 (resnet32 1.6x faster than at 128). So the first forward over a large enough split times one
 batch at each of ``CANDIDATES`` on its first samples and keeps the fastest for that model, input shape and device
 for the rest of the process.
 
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 CANDIDATES = (32, 128, 512, 1024)
-CACHE_BATCH = 256  # the teacher cache's batch: 1.65x faster than 1000 for the ccexam CNN, >= 0.8x elsewhere
+CACHE_BATCH = 256  # the teacher cache's batch: in that table 1.0-1.5x the speed of 1000 for the CNNs, 0.8-0.9x
+# for resnet32 and the MLP
 DEFAULT = 256  # below PROBE_MIN samples: the measurement would cost more than it could save
 PROBE_MIN = 8 * sum(CANDIDATES)  # the probe reads ~1/8 of such a split once, and saves up to half of every pass
 _CHOSEN: dict[tuple[Any, ...], int] = {}
