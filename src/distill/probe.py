@@ -24,9 +24,14 @@ PROBE_TRAIN = 10_000  # training rows the probes are fitted on (a fixed, evenly 
 
 
 @torch.no_grad()
-def embed(model: nn.Module, path: str, split: Any, *, inputs: Keys = None, batch_size: int = 1000) -> Tensor:
+def embed(model: nn.Module, path: str, split: Any, *, inputs: Keys = None, batch_size: int | None = None) -> Tensor:
     """(N, D) features of ``model`` at module ``path`` (``fc:input``: the input of ``fc``) on ``split``,
-    flattened per sample; a FrozenTeacher is hooked through its wrapped model."""
+    flattened per sample; a FrozenTeacher is hooked through its wrapped model. ``batch_size`` None: measured
+    (``distill.batching``)."""
+    if batch_size is None:
+        from distill.batching import inference_batch_size
+
+        batch_size = inference_batch_size(model, split, inputs)
     hooked = getattr(model, "model", model)
     was = model.training
     model.eval()
@@ -83,7 +88,7 @@ def agreement(student: Tensor, teacher: Tensor) -> dict[str, float]:
     return out
 
 
-def probes(model: nn.Module, path: str, data: Any, *, inputs: Keys = None, batch_size: int = 1000,
+def probes(model: nn.Module, path: str, data: Any, *, inputs: Keys = None, batch_size: int | None = None,
            reference: Tensor | None = None) -> dict[str, float]:
     """``{"knn_top1", "probe_top1"}`` of ``model``'s embeddings at ``path``: fitted on (up to PROBE_TRAIN rows of)
     the training split with its true labels, scored on the test split; with ``reference`` (the teacher's test
