@@ -50,21 +50,12 @@ def _audit(root: str, rank: int) -> None:
 
 
 def _stop_after(spec: str) -> None:
-    import importlib
-
     import distill.engine.loop as loop
+    from helpers import track_dry_run
 
     role, epoch = spec.split(":")
     describe = loop._describe
-    run_module = importlib.import_module("distill.run")  # the module: `distill.run` is also the function
-    rehearse, rehearsing = run_module.dry_run, [False]
-
-    def dry(*args: object) -> object:
-        rehearsing[0] = True
-        try:
-            return rehearse(*args)
-        finally:
-            rehearsing[0] = False
+    rehearsing = track_dry_run()
 
     def stop(desc: str, stats: dict) -> str:
         # every rank calls _describe after rank 0's checkpoint of that epoch is on disk (not in the dry run)
@@ -74,7 +65,6 @@ def _stop_after(spec: str) -> None:
         return describe(desc, stats)
 
     loop._describe = stop
-    run_module.dry_run = dry
 
 
 if __name__ == "__main__":

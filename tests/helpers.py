@@ -81,9 +81,10 @@ def killed_then_resumed(full: Path, killed: Path, out_full: Path, out_killed: Pa
     return resumed.stdout
 
 
-def track_dry_run(monkeypatch) -> list[bool]:  # noqa: ANN001
+def track_dry_run(monkeypatch=None) -> list[bool]:  # noqa: ANN001
     """Patch the runner's dry run so that the returned flag's ``[0]`` is True while it rehearses: spies that count
-    batches or forwards of the real run skip the dry run's few."""
+    batches or forwards of the real run skip the dry run's few. Without ``monkeypatch`` (a script such as
+    ``ddp_entry.py``) the patch lasts for the process."""
     import importlib
 
     run_module = importlib.import_module("distill.run")  # the module: `distill.run` is also the function
@@ -96,5 +97,8 @@ def track_dry_run(monkeypatch) -> list[bool]:  # noqa: ANN001
         finally:
             flag[0] = False
 
-    monkeypatch.setattr(run_module, "dry_run", dry)
+    if monkeypatch is None:
+        run_module.dry_run = dry
+    else:
+        monkeypatch.setattr(run_module, "dry_run", dry)
     return flag
