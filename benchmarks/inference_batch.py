@@ -1,9 +1,12 @@
 """Inference throughput (samples/s, eval mode, no grad) of several models at several batch sizes on this machine:
-the measurement behind ``distill.batching`` (no single batch size is fastest for every model).
+the measurement behind ``distill.batching`` (no single batch size is fastest for every model), the batch the
+teacher cache's rule picks for each (``distill.batching.cache_batch_size``) and its speed against the fastest;
+then the time to build the teacher cache of the pretrained ccexam CNN over the first 20,000 MNIST training images
+against one plain forward pass over the same images at the fastest batch size (median of 3 interleaved rounds).
 
     python benchmarks/inference_batch.py [--no-write]
 
-Writes the table into docs/BENCHMARKS.md (section ``inference-batch``).
+Writes the tables into docs/BENCHMARKS.md (section ``inference-batch``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from distill.batching import cache_batch_size
 from distill.models import build_model
 
 SIZES = (32, 64, 128, 256, 512, 1000)
@@ -45,17 +49,51 @@ def throughput(model: torch.nn.Module, x: torch.Tensor, b: int) -> float:
         return len(x) / (time.perf_counter() - t0)
 
 
+def cache_build_rows(n: int = 20000, rounds: int = 3) -> list[str]:
+    """Median seconds: building the teacher cache (top-10 of 10 logits, fp16) of the ccexam CNN over ``n`` MNIST
+    images, and one plain forward over them at each of ``SIZES`` (the fastest kept)."""
+    import statistics
+    import tempfile
+
+    import ccexam.models as ccexam
+
+    from distill.cache.build import build_cache, cache_fingerprint
+    from distill.data.builtin import mnist
+
+    teacher = ccexam.MNISTNet(input_size=28).eval()
+    x = (mnist(seed=0, limit_train=n).train.x - 0.1307) / 0.3081  # (n, 1, 28, 28)
+    fp = cache_fingerprint(teacher=teacher, teacher_spec={}, inputs=x, augment=None, views=1, k=10, dtype="fp16",
+                           temperatures=[4.0])
+    build, best = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            build_cache(Path(tmp) / f"c{r}", teacher=teacher, inputs=x, fingerprint=fp, log=lambda _m: None)
+            build.append(time.perf_counter() - t0)
+            best.append(min(n / throughput(teacher, x, b) for b in SIZES))
+    ratio = statistics.median(b / f for b, f in zip(build, best))
+    return [f"Teacher cache of the ccexam CNN over the first {n:,} MNIST training images (top-10 of 10 logits, "
+            f"fp16; batch {cache_batch_size(teacher, x[:1])} by the rule): built in {statistics.median(build):.2f} s; "
+            f"one plain forward over the same images at the fastest of {list(SIZES)}: {statistics.median(best):.2f}"
+            f" s. Build over fastest forward, median of {rounds} rounds: {ratio:.2f}x."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = ap.parse_args()
     lines = ["Command: `python benchmarks/inference_batch.py` (samples per second over 4,096 random inputs, eval "
-             "mode, no grad).", "", f"| model | {' | '.join(f'b={b}' for b in SIZES)} | fastest / slowest |",
-             "|---|" + "---:|" * (len(SIZES) + 1)]
+             "mode, no grad).", "", f"| model | {' | '.join(f'b={b}' for b in SIZES)} | fastest / slowest | "
+             "cache rule's batch | its speed / fastest |", "|---|" + "---:|" * (len(SIZES) + 3)]
     for name, (model, shape) in models().items():
         model.eval()
-        speeds = [throughput(model, torch.randn(N, *shape), b) for b in SIZES]
-        lines.append(f"| {name} | {' | '.join(f'{s:,.0f}' for s in speeds)} | {max(speeds) / min(speeds):.2f}x |")
+        x = torch.randn(N, *shape)
+        speeds = [throughput(model, x, b) for b in SIZES]
+        rule = cache_batch_size(model, x[:1])
+        at_rule = speeds[SIZES.index(rule)] if rule in SIZES else throughput(model, x, rule)
+        lines.append(f"| {name} | {' | '.join(f'{s:,.0f}' for s in speeds)} | {max(speeds) / min(speeds):.2f}x | "
+                     f"{rule} | {at_rule / max(speeds):.2f} |")
+    lines += ["", *cache_build_rows()]
     print("\n".join(lines))
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).parent))

@@ -37,3 +37,23 @@ def test_the_fastest_candidate_is_measured_once_per_model(monkeypatch) -> None:
     assert batching.inference_batch_size(model, x[:100]) == 100  # small: no measurement, at most DEFAULT
     assert batching.inference_batch_size(model, x[: batching.PROBE_MIN - 1]) == batching.DEFAULT
     assert torch.allclose(predict(model, x), predict(model, x, batch_size=7), atol=1e-6)  # not always bitwise
+
+
+@pytest.mark.parametrize(("channels", "side"), [(32, 28), (8, 28), (64, 32), (1, 8)])
+def test_the_cache_batch_is_the_largest_power_of_two_whose_largest_layer_output_fits(channels: int, side: int) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(channels * side * side, 10))
+    peak = channels * side * side * 4  # bytes of one sample's conv (= ReLU) output, the largest layer output
+    fits = batching.CACHE_ACTIVATION_BYTES // peak
+    want = min(batching.CANDIDATES[-1], max(batching.CANDIDATES[0], 2 ** (fits.bit_length() - 1)))
+    got = batching.cache_batch_size(model, torch.randn(3, 1, side, side))
+    assert got == want
+    assert got * peak <= batching.CACHE_ACTIVATION_BYTES or got == batching.CANDIDATES[0]
+    assert got * 2 * peak > batching.CACHE_ACTIVATION_BYTES or got == batching.CANDIDATES[-1]
+
+
+def test_the_cache_batch_depends_on_the_model_and_shape_only_and_leaves_no_hooks() -> None:
+    model = build_model("cnn", num_classes=10, input_shape=(1, 28, 28), channels=[8, 16], hidden=32)
+    sizes = {batching.cache_batch_size(model, torch.randn(n, 1, 28, 28)) for n in (1, 5, 64)}
+    assert len(sizes) == 1
+    assert all(not m._forward_hooks for m in model.modules())

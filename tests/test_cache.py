@@ -250,3 +250,17 @@ def test_the_report_reads_the_teachers_test_logits_from_the_cache(tmp_path: Path
     again = json.loads((tmp_path / "out" / "report.json").read_text())["models"]
     for role in ("teacher", "student"):
         assert again[role]["top1"] == first[role]["top1"] and again[role]["agreement"] == first[role]["agreement"]
+
+
+def test_the_cache_batch_comes_from_the_rule_and_is_recorded(tmp_path: Path) -> None:
+    from distill.batching import cache_batch_size
+
+    teacher, x = _teacher(), torch.randn(2100, 12)
+    fp = cache_fingerprint(teacher=teacher, teacher_spec={"name": "t"}, inputs=x, augment=None, views=1, k=7,
+                           dtype="fp32", temperatures=[4.0])
+    ruled = build_cache(tmp_path / "a", teacher=teacher, inputs=x, fingerprint=fp, log=lambda _: None)
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["batch_size"] == cache_batch_size(teacher, x[:1]) == 1024  # a tiny MLP: the largest candidate
+    again = build_cache(tmp_path / "b", teacher=teacher, inputs=x, fingerprint=fp, batch_size=1024, log=lambda _: None)
+    index = torch.arange(len(x))
+    assert torch.equal(ruled.lookup(index, 0).topk.values, again.lookup(index, 0).topk.values)

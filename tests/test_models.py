@@ -251,3 +251,18 @@ def test_frozen_teacher_bad_norms() -> None:
     frozen = FrozenTeacher(nn.Identity(), teacher_norm=((0.1, 0.2, 0.3), (1.0, 1.0, 1.0)))
     with pytest.raises(DistillError, match="3 channels but the batch has shape \\(2, 1, 4, 4\\)"):
         frozen(torch.zeros(2, 1, 4, 4))
+
+
+def test_an_external_model_file_in_the_current_directory_is_found(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from distill.models.external import resolve
+
+    (tmp_path / "my_models_cwd.py").write_text("import torch\nclass Net(torch.nn.Linear):\n"
+                                              "    def __init__(self):\n        super().__init__(3, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert resolve("my_models_cwd:Net")().out_features == 2
+    assert str(tmp_path) in sys.path
+    with pytest.raises(DistillError, match="cannot import 'no_such_module_xyz'"):
+        resolve("no_such_module_xyz:Net")

@@ -9,8 +9,12 @@ for the rest of the process.
 
 Logits are bit-identical across the candidate sizes for the zoo models tested (``tests/test_batching.py``), but
 not at every size (an MLP at batch 7 differs in the last bit), and a timing can differ between two runs. So the
-measured size is used only where logits feed metrics; the teacher cache, whose content shapes training, is built
-at a fixed size (``CACHE_BATCH``, or ``data.eval_batch_size``), so a rerun or a resumed run gets the same cache.
+measured size is used only where logits feed metrics. The teacher cache, whose content shapes training, takes its
+batch from a rule instead (``cache_batch_size``, or ``data.eval_batch_size``), a function of the model and the
+input shape alone, so a rerun or a resumed run gets the same cache: the largest power of two at which the
+model's largest layer output stays within ``CACHE_ACTIVATION_BYTES`` on a CPU (that table's fastest sizes all
+follow it: ccexam 64 at 100 KB per sample, cnn [8, 16] 256 at 25 KB, resnet8x4 32 at 262 KB, the MLP and
+resnet32 1024 at under 3 KB), and ``CANDIDATES[-1]`` on a GPU, where larger batches only fill it better.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import torch
 from torch import nn
 
 CANDIDATES = (32, 128, 512, 1024)
-CACHE_BATCH = 256  # the teacher cache's batch: in that table 1.0-1.5x the speed of 1000 for the CNNs, 0.8-0.9x
-# for resnet32 and the MLP
+CACHE_ACTIVATION_BYTES = 8 * 2**20  # one batch's largest layer output, kept within a typical L2/L3 share
 DEFAULT = 256  # below PROBE_MIN samples: the measurement would cost more than it could save
 PROBE_MIN = 8 * sum(CANDIDATES)  # the probe reads ~1/8 of such a split once, and saves up to half of every pass
 _CHOSEN: dict[tuple[Any, ...], int] = {}
@@ -42,6 +45,30 @@ def inference_batch_size(model: nn.Module, data: Any, inputs: Any = None) -> int
     if key not in _CHOSEN:
         _CHOSEN[key] = _measure(model, data, inputs, device)
     return _CHOSEN[key]
+
+
+def cache_batch_size(model: nn.Module, x: Any) -> int:
+    """The teacher cache's batch size for ``model`` (called as ``model(x)``, as the cache calls the teacher) on
+    inputs like ``x`` (a batch of at least one sample, on the model's device): a deterministic rule, see the
+    module docstring."""
+    if _device(model).type != "cpu":
+        return CANDIDATES[-1]
+    peak = [1]
+
+    def record(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            peak[0] = max(peak[0], out[:1].numel() * out.element_size())  # bytes of one sample's output
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.inference_mode():
+            model(_take(x, 1))
+    finally:
+        for h in handles:
+            h.remove()
+    fits = CACHE_ACTIVATION_BYTES // peak[0]
+    return int(min(CANDIDATES[-1], max(CANDIDATES[0], 2 ** max(0, int(fits).bit_length() - 1))))
 
 
 def _measure(model: nn.Module, data: Any, inputs: Any, device: torch.device) -> int:

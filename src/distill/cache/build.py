@@ -112,10 +112,10 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
         raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
     idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
     t0 = time.perf_counter()
-    if batch_size is None:  # fixed, not measured: the same inputs always give the same cache (distill.batching)
-        from distill.batching import CACHE_BATCH
+    if batch_size is None:  # a rule, not a timing: the same inputs always give the same cache (distill.batching)
+        from distill.batching import cache_batch_size
 
-        batch_size = CACHE_BATCH
+        batch_size = cache_batch_size(teacher, on(head(inputs, 1)))
     arrays: dict[str, np.ndarray] = {}
     shards = []
     for v in range(views):
@@ -136,7 +136,7 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
     evaluated = _eval_logits(teacher, evaluate or {}, batch_size, on, arrays)
     seconds = time.perf_counter() - t0
     manifest = {"fingerprint": fp, "num_classes": classes, "k": k, "views": views, "temperatures": temps,
-                "build_seconds": round(seconds, 3),
+                "build_seconds": round(seconds, 3), "batch_size": batch_size,
                 "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps)),
                 **({"eval": evaluated} if evaluated else {})}
     write_cache(path, shards, arrays, manifest)

