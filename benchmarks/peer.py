@@ -7,9 +7,12 @@ test at the end. Both read the same in-memory tensors (no per-sample image decod
 (torch 2.14.1, torchvision 0.29.1, torchdistill 1.1.5 and this checkout, created by this script on first use,
 since torchdistill needs torchvision and torchvision does not import beside the project's torch 2.13.0).
 
-Rounds interleave: torchdistill, our fresh run (the teacher cache built, ``cache.path`` a new folder) and our
-run at the next seed reading that cache (a rerun, or a bench's second seed). Before each run the script waits
-(up to ``--max-wait`` s) for the 1-minute load average to drop under ``--max-load`` and prints it. Each run
+torchdistill also runs a second time per round reading the same images the way its own configs do
+(``torchvision.datasets.MNIST`` with ``ToTensor`` and ``Normalize`` per sample: ``PEER_DATA=torchvision``).
+
+Rounds interleave: torchdistill (both routes), our fresh run (the teacher cache built, ``cache.path`` a new
+folder) and our run at the next seed reading that cache (a rerun, or a bench's second seed). Before each run the
+script waits (up to ``--max-wait`` s) for the 1-minute load average to drop under ``--max-load`` and prints it. Each run
 is a separate process timed from its start to its exit (report or test accuracy written), so imports, data
 loading and the teacher's work are all counted; epoch times are the training epochs' own (validation excluded).
 A long-run row repeats the three at ``--long-epochs`` epochs once, where the cache's advantage compounds.
@@ -63,9 +66,9 @@ def wait_quiet(max_load: float, max_wait: float) -> float:
     return os.getloadavg()[0]
 
 
-def timed(cmd: list[str], label: str, args: argparse.Namespace) -> float:
+def timed(cmd: list[str], label: str, args: argparse.Namespace, data: str = "tensors") -> float:
     load = wait_quiet(args.max_load, args.max_wait)
-    env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
+    env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS, "PEER_DATA": data}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -76,10 +79,10 @@ def timed(cmd: list[str], label: str, args: argparse.Namespace) -> float:
     return seconds
 
 
-def torchdistill_run(py: Path, out: Path, epochs: int, args: argparse.Namespace) -> dict:
+def torchdistill_run(py: Path, out: Path, epochs: int, args: argparse.Namespace, data: str) -> dict:
     out.mkdir(parents=True)
     wall = timed([str(py), str(ROOT / "benchmarks" / "peer_torchdistill.py"), "--config", str(THEIRS),
-                  "--out", str(out), "--epochs", str(epochs)], f"torchdistill, {epochs} epochs", args)
+                  "--out", str(out), "--epochs", str(epochs)], f"torchdistill, {epochs} epochs, {data}", args, data)
     res = json.loads(timed.stdout.strip().splitlines()[-1])  # type: ignore[attr-defined]
     return {"wall": wall, "epoch": statistics.median(res["epoch_seconds"]), "test": res["student_test"]}
 
@@ -94,23 +97,26 @@ def ours_run(py: Path, out: Path, cache: Path, seed: int, epochs: int, args: arg
 
 
 def one_round(py: Path, tmp: Path, epochs: int, args: argparse.Namespace) -> dict[str, dict]:
-    return {"torchdistill": torchdistill_run(py, tmp / "td", epochs, args),
+    return {"torchdistill": torchdistill_run(py, tmp / "td", epochs, args, "tensors"),
+            "torchvision": torchdistill_run(py, tmp / "tv", epochs, args, "torchvision"),
             "fresh": ours_run(py, tmp / "seed0", tmp / "cache", 0, epochs, args),
             "cached": ours_run(py, tmp / "seed1", tmp / "cache", 1, epochs, args)}
 
 
 def table(rounds: list[dict[str, dict]], epochs: int) -> list[str]:
-    names = {"torchdistill": "torchdistill 1.1.5 (teacher live)", "fresh": "distill, fresh (cache built)",
-             "cached": "distill, next seed (cache already built)"}
+    names = {"torchdistill": "torchdistill 1.1.5, same tensors (teacher live)",
+             "torchvision": "torchdistill 1.1.5, torchvision MNIST + transforms (teacher live)",
+             "fresh": "distill, fresh (cache built)", "cached": "distill, next seed (cache already built)"}
+    med = statistics.median
     rows = []
     for key, name in names.items():
         wall = [r[key]["wall"] for r in rounds]
-        ratio = statistics.median(r[key]["wall"] / r["torchdistill"]["wall"] for r in rounds)
-        epoch = statistics.median(r[key]["epoch"] for r in rounds)
-        e_ratio = statistics.median(r[key]["epoch"] / r["torchdistill"]["epoch"] for r in rounds)
-        test = [r[key]["test"] for r in rounds]
-        rows.append(f"| {epochs} | {name} | {statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
-                    f"{ratio:.2f}x | {epoch:.2f} | {e_ratio:.2f}x | {statistics.median(test):.2f}% |")
+        ratios = [med(r[key][f] / r[ref][f] for r in rounds) for f in ("wall", "epoch")
+                  for ref in ("torchdistill", "torchvision")]
+        test = med(r[key]["test"] for r in rounds)
+        rows.append(f"| {epochs} | {name} | {med(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
+                    f"{ratios[0]:.2f}x / {ratios[1]:.2f}x | {med(r[key]['epoch'] for r in rounds):.2f} | "
+                    f"{ratios[2]:.2f}x / {ratios[3]:.2f}x | {test:.2f}% |")
     return rows
 
 
@@ -132,7 +138,7 @@ def main() -> None:
     text = "\n".join([
         f"Command: `{cmd}` ({os.cpu_count()} CPU cores, {THREADS} threads per run; medians over {args.rounds} "
         f"interleaved rounds, the {args.long_epochs}-epoch rows one round). Ratios are per round against "
-        "torchdistill's run in the same round.", "",
+        "torchdistill's runs in the same round (same tensors / torchvision route).", "",
         "| epochs | run | start to report (s), median (min-max) | vs torchdistill | epoch (s) | vs torchdistill "
         "| student test top-1 |", "|---:|---|---:|---:|---:|---:|---:|",
         *table(short, args.epochs), *(table(long, args.long_epochs) if long else [])])

@@ -271,11 +271,16 @@ def epoch_top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys = Non
     return float(counts[0] / counts[1])
 
 
-def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log) -> list[str]:
-    """Warnings about the methods' settings for this teacher on a sample of the training split (logged)."""
+def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log,
+             plan: Plan | None = None) -> list[str]:
+    """Warnings about the methods' settings for this teacher on 1,024 of its logits (logged): the test logits
+    stored in the plan's teacher cache when there is one (the teacher does not run again), else a sample of
+    the training split."""
     if teacher is None:
         return []
-    warnings = methods.diagnose(predict(teacher, head(data.train, 1024)))
+    cached = cached_eval_logits(plan, teacher, "test") if plan is not None else None
+    logits = cached[:1024] if cached is not None else predict(teacher, head(data.train, 1024))
+    warnings = methods.diagnose(logits)
     for w in warnings:
         log(f"warning: {w}")
     return warnings

@@ -74,7 +74,7 @@ class MultiTeacher(Strategy):
             trained[f"teacher:{name}"] = t
         ensemble = EnsembleModel(frozen, self.weighting, self._fixed(), self.average, self._temperature(plan))
         trained = {"teacher": Trained(ensemble, frozen=ensemble), **trained}
-        notes = diagnose(plan.methods, ensemble, data, log)
+        notes = diagnose(plan.methods, ensemble, data, log, plan)
         notes.append(self._describe(plan))
         if plan.compare:
             trained["scratch"] = train_scratch(plan, copy.deepcopy(plan.student), resume=resume, log=log,

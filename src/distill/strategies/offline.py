@@ -31,7 +31,7 @@ class Offline(Strategy):
         plan, teacher = self.adapt_teacher(plan, teacher, resume=resume, log=log)
         frozen = plan.teacher.frozen(data) if plan.teacher else None
         self.check_models(plan, frozen)
-        notes = diagnose(plan.methods, frozen, data, log) if self.teacher_row else []
+        notes = diagnose(plan.methods, frozen, data, log, plan) if self.teacher_row else []
         trained: dict[str, Trained] = {}
         if frozen is not None and self.teacher_row:
             teacher.frozen = frozen
