@@ -12,10 +12,11 @@ torchdistill also runs a second time per round reading the same images the way i
 
 Rounds interleave: torchdistill (both routes), our fresh run (the teacher cache built, ``cache.path`` a new
 folder) and our run at the next seed reading that cache (a rerun, or a bench's second seed). Before each run the
-script waits (up to ``--max-wait`` s) for the 1-minute load average to drop under ``--max-load`` and prints it. Each run
-is a separate process timed from its start to its exit (report or test accuracy written), so imports, data
-loading and the teacher's work are all counted; epoch times are the training epochs' own (validation excluded).
-A long-run row repeats the three at ``--long-epochs`` epochs once, where the cache's advantage compounds.
+script waits (up to ``--max-wait`` s) until the CPU is quiet (under ``--max-busy`` of it in use over a second,
+from /proc/stat) and prints the share it saw. Each run is a separate process timed from its start to its exit
+(report or test accuracy written), so imports, data loading and the teacher's work are all counted; epoch times
+are the training epochs' own (validation excluded). A long-run row repeats the four at ``--long-epochs`` epochs
+once, where the cache's advantage compounds.
 
     python benchmarks/peer.py [--rounds 3] [--long-epochs 30] [--venv DIR] [--no-write]
 
@@ -58,23 +59,41 @@ def ensure_venv(venv: Path) -> Path:
     return py
 
 
-def wait_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the 1-minute load average is under ``max_load`` (or ``max_wait`` s pass); return it."""
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all cores busy over the next ``seconds`` (from /proc/stat); the 1-minute load average per core
+    where /proc/stat is missing. Instantaneous, so the previous run's load does not count against the next."""
+    def ticks() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = ticks()
+        time.sleep(seconds)
+        total1, idle1 = ticks()
+    except OSError:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(max_busy: float, max_wait: float) -> float:
+    """Wait until under ``max_busy`` of the CPU is in use (or ``max_wait`` s pass); return the busy share."""
     deadline = time.monotonic() + max_wait
-    while os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
+    busy = busy_fraction()
+    while busy >= max_busy and time.monotonic() < deadline:
+        busy = busy_fraction(2.0)
+    return busy
 
 
 def timed(cmd: list[str], label: str, args: argparse.Namespace, data: str = "tensors") -> float:
-    load = wait_quiet(args.max_load, args.max_wait)
+    busy = wait_quiet(args.max_busy, args.max_wait)
     env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS, "PEER_DATA": data}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{label} failed:\n{done.stderr[-3000:]}")
-    print(f"  {label:34s} {seconds:6.2f} s  (load before: {load:.2f})", flush=True)
+    print(f"  {label:34s} {seconds:6.2f} s  (CPU busy before: {100 * busy:.0f}%)", flush=True)
     timed.stdout = done.stdout  # type: ignore[attr-defined]
     return seconds
 
@@ -126,7 +145,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--long-epochs", type=int, default=30, help="0 skips the long-run row")
     ap.add_argument("--venv", type=Path, default=Path.home() / ".cache" / "distill" / "peer-venv")
-    ap.add_argument("--max-load", type=float, default=1.0)
+    ap.add_argument("--max-busy", type=float, default=0.15, help="the CPU share in use that counts as quiet")
     ap.add_argument("--max-wait", type=float, default=120.0)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = ap.parse_args()

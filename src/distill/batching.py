@@ -2,19 +2,19 @@
 
 No single batch size is fastest for every model. Measured on this project's 2-core CPU (samples per second, eval
 mode, no grad; `python benchmarks/inference_batch.py`, table in docs/BENCHMARKS.md): the pretrained ccexam MNIST
-CNN runs 1.6x faster at 64 than at 1000 and resnet8x4 1.8x faster at 32, while an MLP and the 1-D resnet32 are
-fastest at 1000 (resnet32 1.6x faster than at 128). So the first forward over a large enough split times one
-batch at each of ``CANDIDATES`` on its first samples and keeps the fastest for that model, input shape and device
-for the rest of the process.
+CNN runs 1.2-1.6x faster at 64-128 than at 1000 and resnet8x4 1.8-2.2x faster at 32, while an MLP and the 1-D
+resnet32 are fastest at 256-1000 (resnet32 3x faster than at 32). So the first forward over a large enough split
+times one batch at each of ``CANDIDATES`` on its first samples and keeps the fastest for that model, input shape
+and device for the rest of the process.
 
 Logits are bit-identical across the candidate sizes for the zoo models tested (``tests/test_batching.py``), but
 not at every size (an MLP at batch 7 differs in the last bit), and a timing can differ between two runs. So the
 measured size is used only where logits feed metrics. The teacher cache, whose content shapes training, takes its
 batch from a rule instead (``cache_batch_size``, or ``data.eval_batch_size``), a function of the model and the
 input shape alone, so a rerun or a resumed run gets the same cache: the largest power of two at which the
-model's largest layer output stays within ``CACHE_ACTIVATION_BYTES`` on a CPU (that table's fastest sizes all
-follow it: ccexam 64 at 100 KB per sample, cnn [8, 16] 256 at 25 KB, resnet8x4 32 at 262 KB, the MLP and
-resnet32 1024 at under 3 KB), and ``CANDIDATES[-1]`` on a GPU, where larger batches only fill it better.
+model's largest layer output stays within ``CACHE_ACTIVATION_BYTES`` on a CPU (ccexam 64 at 100 KB per sample,
+cnn [8, 16] 256 at 25 KB, resnet8x4 32 at 262 KB, the MLP and resnet32 1024 at under 3 KB: within 3% of the
+fastest size of each in that table), and ``CANDIDATES[-1]`` on a GPU, where larger batches only fill it better.
 """
 
 from __future__ import annotations
