@@ -153,13 +153,34 @@ def markdown(pairs: list[dict], sizes: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def profile_plain(label: str, samples: int, tmp: Path) -> None:
+    """Print the cProfile of one plain engine epoch of ``label``'s student (after a warm-up epoch), by own time."""
+    import cProfile
+    import pstats
+
+    recipe = recipe_for(PAIRS[label], tmp, samples)
+    data = plan_from_recipe(recipe).data
+    epoch = lambda name: engine_epoch(recipe, data, build_arch(recipe.student, data, 0),  # noqa: E731
+                                      MethodSet([CE()]), tmp / name)
+    epoch("warm")
+    prof = cProfile.Profile()
+    prof.enable()
+    epoch("profiled")
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=6, help="measured rounds per pair (after one warm-up round)")
     ap.add_argument("--samples", type=int, default=10000, help="MNIST training images per epoch")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--profile", choices=list(PAIRS), help="print a cProfile of one plain epoch of this pair, only")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.profile:
+        with tempfile.TemporaryDirectory() as d:
+            return profile_plain(args.profile, args.samples, Path(d))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         pairs = [measure_pair(label, student, args.samples, args.rounds, tmp / f"p{i}")
