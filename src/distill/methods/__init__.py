@@ -26,6 +26,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     sp,
     tfkd,
     tinybert,
+    token_kd,
     vid,
 )
 from distill.methods.ab import AB
