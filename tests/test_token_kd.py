@@ -116,3 +116,38 @@ def test_a_recipe_distils_with_each_divergence_and_the_cache_serves_it(tmp_path,
         assert name in report["histories"]["student"][-1]
         assert report["models"]["student"]["agreement"] > 0.5
         assert (tmp_path / name / "out" / "cache" / "manifest.json").is_file()
+
+
+def _sparse(t: torch.Tensor, k: int, T: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the sparse teacher cache stores: fp16 top-k values, int32 ids, the log-sum-exp at T."""
+    top = t.topk(k, dim=-1)
+    return top.values.half(), top.indices.int(), torch.logsumexp(t / T, dim=-1)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_the_sparse_teacher_is_exact_on_its_support_plus_one_bucket(name: str) -> None:
+    from distill.methods.token_kd import token_divergence_topk
+
+    s, t = _logits(6, (3, 4, 13))
+    t = t.half().float()  # the values the cache holds, so the check is of the loss, not of fp16 rounding
+    T, k = 2.0, 5
+    values, indices, lse = _sparse(t, k, T)
+    x = s.clone().requires_grad_(True)
+    got = token_divergence_topk(x, values, indices, lse, name=name, T=T, beta=0.3, skew=0.2, chunk=5)
+    got.backward()
+    # the reference: both distributions coarsened to the teacher's top k plus the rest, the divergence by hand
+    y = s.clone().requires_grad_(True)
+    p, q = F.softmax(t / T, -1), F.softmax(y / T, -1)
+    i = indices.long()
+
+    def coarse(d: torch.Tensor) -> torch.Tensor:
+        top = d.gather(-1, i)
+        return torch.cat([top, 1 - top.sum(-1, keepdim=True)], dim=-1)  # (..., k + 1)
+
+    want = _reference(name, coarse(q).log() * T, coarse(p).log() * T, T, 0.3, 0.2)  # log-probs as logits at T
+    want.backward()
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(x.grad, y.grad, atol=1e-6)
+    # every token stored: the dense divergence
+    dense = token_divergence_topk(s, *_sparse(t, 13, T), name=name, T=T, beta=0.3, skew=0.2)
+    assert torch.allclose(dense, token_divergence(s, t, name=name, T=T, beta=0.3, skew=0.2), atol=1e-5)

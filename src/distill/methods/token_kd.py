@@ -77,12 +77,16 @@ def divergence(name: str, beta: float = 0.5, skew: float = 0.1) -> Divergence:
 DIVERGENCES = ("fkl", "rkl", "jsd", "tv", "skl", "srkl")
 
 
+Pair = Callable[[Tensor, slice], tuple[Tensor, Tensor]]  # (n, V) fp32 student logits of rows -> both log-probs
+
+
 class _Chunked(torch.autograd.Function):
-    """sum_i weights[i] * fn(log_softmax(s_i / T), log_softmax(t_i / T)) over token chunks; the gradient of
-    each chunk is computed with its forward (see the module docstring). The teacher gets no gradient."""
+    """sum_i weights[i] * fn(*pair(s_i, rows)) over token chunks, ``pair`` giving the student's and teacher's
+    log-probs of a chunk; the gradient of each chunk is computed with its forward (see the module docstring).
+    The teacher gets no gradient."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, weights: Tensor, fn: Divergence, T: float,  # type: ignore[override]
+    def forward(ctx, s: Tensor, weights: Tensor, fn: Divergence, pair: Pair,  # type: ignore[override]
                 chunk: int) -> Tensor:
         total = torch.zeros((), dtype=torch.float32, device=s.device)
         grad = torch.zeros_like(s) if ctx.needs_input_grad[0] else None  # (N, V), the logits' dtype
@@ -93,8 +97,7 @@ class _Chunked(torch.autograd.Function):
                 continue  # padding only: no loss, zero gradient
             with torch.enable_grad():
                 s_c = s[rows].detach().float().requires_grad_(grad is not None)  # (n, V) fp32
-                log_t = F.log_softmax(t[rows].detach().float() / T, dim=-1)  # (n, V)
-                loss = (fn(F.log_softmax(s_c / T, dim=-1), log_t) * w).sum()
+                loss = (fn(*pair(s_c, rows)) * w).sum()
                 if grad is not None:
                     grad[rows] = torch.autograd.grad(loss, s_c)[0].to(grad.dtype)
             total += loss.detach()
@@ -104,7 +107,18 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad * g if ctx.needs_input_grad[0] else None), None, None, None, None, None
+        return (grad * g if ctx.needs_input_grad[0] else None), None, None, None, None
+
+
+def _flat(logits: Tensor, mask: Tensor | None, T: float, chunk: int) -> tuple[Tensor, Tensor]:
+    """(..., V) logits -> (N, V); mask (...) -> per-token weights (N,) of the mean over counted tokens."""
+    if T <= 0 or chunk < 1:
+        raise ValueError("T must be positive and chunk at least 1")
+    s = logits.reshape(-1, logits.shape[-1])
+    m = torch.ones(s.shape[0], device=s.device) if mask is None else mask.reshape(-1).to(s.device).float()
+    if m.shape[0] != s.shape[0]:
+        raise ValueError(f"mask has {m.shape[0]} tokens, the logits {s.shape[0]}")
+    return s, m / m.sum().clamp(min=1.0)
 
 
 def token_divergence(student_logits: Tensor, teacher_logits: Tensor, *, name: str = "fkl",
@@ -116,15 +130,37 @@ def token_divergence(student_logits: Tensor, teacher_logits: Tensor, *, name: st
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ")
-    if T <= 0 or chunk < 1:
-        raise ValueError("T must be positive and chunk at least 1")
-    v = student_logits.shape[-1]
-    s, t = student_logits.reshape(-1, v), teacher_logits.reshape(-1, v)  # (N, V)
-    m = torch.ones(s.shape[0], device=s.device) if mask is None else mask.reshape(-1).to(s.device).float()
-    if m.shape[0] != s.shape[0]:
-        raise ValueError(f"mask has {m.shape[0]} tokens, the logits {s.shape[0]}")
-    weights = m / m.sum().clamp(min=1.0)  # (N,): the mean over counted tokens
-    return _Chunked.apply(s, t, weights, divergence(name, beta, skew), float(T), int(chunk))
+    s, weights = _flat(student_logits, mask, T, chunk)
+    t = teacher_logits.reshape(s.shape).detach()  # (N, V)
+
+    def pair(s_c: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        return F.log_softmax(s_c / T, dim=-1), F.log_softmax(t[rows].float() / T, dim=-1)
+    return _Chunked.apply(s, weights, divergence(name, beta, skew), pair, int(chunk))
+
+
+def token_divergence_topk(student_logits: Tensor, values: Tensor, indices: Tensor, lse: Tensor, *,
+                          name: str = "fkl", mask: Tensor | None = None, T: float = 1.0, beta: float = 0.5,
+                          skew: float = 0.1, chunk: int = 256) -> Tensor:
+    """``token_divergence`` against a sparse teacher: its top-k logits ``values`` (..., k) at vocabulary ids
+    ``indices`` (..., k) and the log-sum-exp of all its logits at T, ``lse`` (...). Both distributions are
+    taken over the k stored tokens plus one bucket for the rest (the teacher's bucket holds 1 - its top-k mass,
+    the student's the log-sum-exp of its other log-probs), on which the divergence is exact; with k = V it is
+    ``token_divergence``."""
+    s, weights = _flat(student_logits, mask, T, chunk)
+    k = values.shape[-1]
+    vals, idx, lse_t = values.reshape(-1, k), indices.reshape(-1, k).long(), lse.reshape(-1)  # (N, k) (N,)
+    tiny = torch.finfo(torch.float32).tiny  # a bucket emptied by rounding: finite logs, no 0 * inf
+
+    def pair(s_c: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        log_s = F.log_softmax(s_c / T, dim=-1)  # (n, V)
+        i = idx[rows]
+        log_s_top = log_s.gather(1, i)  # (n, k)
+        log_s_rest = log_s.scatter(1, i, float("-inf")).logsumexp(dim=-1, keepdim=True)  # (n, 1)
+        log_t_top = vals[rows].float() / T - lse_t[rows, None].float()  # (n, k)
+        t_rest = (1.0 - log_t_top.exp().sum(dim=-1, keepdim=True)).clamp(min=tiny)  # (n, 1)
+        log_s_rest = log_s_rest.clamp(min=math.log(tiny))
+        return torch.cat([log_s_top, log_s_rest], dim=1), torch.cat([log_t_top, t_rest.log()], dim=1)
+    return _Chunked.apply(s, weights, divergence(name, beta, skew), pair, int(chunk))
 
 
 @METHODS.register("token_kd")
