@@ -266,3 +266,36 @@ def test_an_external_model_file_in_the_current_directory_is_found(tmp_path, monk
     assert str(tmp_path) in sys.path
     with pytest.raises(DistillError, match="cannot import 'no_such_module_xyz'"):
         resolve("no_such_module_xyz:Net")
+
+
+class _ViewNet(nn.Module):
+    """Research-code style: ``.view`` of a conv output, which channels-last memory refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+def test_a_frozen_cnn_teacher_runs_channels_last_and_a_view_model_stays_contiguous() -> None:
+    import copy
+
+    from distill.models.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    cnn = build_model("cnn", num_classes=10, input_shape=(1, 28, 28), channels=[8, 16], hidden=32).eval()
+    ref = copy.deepcopy(cnn)(x)
+    frozen = FrozenTeacher(cnn)
+    assert torch.allclose(frozen(x), ref, atol=1e-5) and frozen.channels_last
+    assert cnn.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(frozen(x), frozen(x))  # one layout from then on: the same logits every time
+    view = FrozenTeacher(_ViewNet().eval())
+    y = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(view(y), view.model(y)) and view.channels_last is False
+    mlp = FrozenTeacher(build_model("mlp", num_classes=10, input_shape=(784,), hidden=[16]))
+    mlp(torch.randn(3, 784))
+    assert mlp.channels_last is False

@@ -13,8 +13,9 @@ measured size is used only where logits feed metrics. The teacher cache, whose c
 batch from a rule instead (``cache_batch_size``, or ``data.eval_batch_size``), a function of the model and the
 input shape alone, so a rerun or a resumed run gets the same cache: the largest power of two at which the
 model's largest layer output stays within ``CACHE_ACTIVATION_BYTES`` on a CPU (ccexam 64 at 100 KB per sample,
-cnn [8, 16] 256 at 25 KB, resnet8x4 32 at 262 KB, the MLP and resnet32 1024 at under 3 KB: within 3% of the
-fastest size of each in that table), and ``CANDIDATES[-1]`` on a GPU, where larger batches only fill it better.
+cnn [8, 16] 256 at 25 KB, resnet8x4 32 at 262 KB, the MLP and resnet32 1024 at under 3 KB; the fastest size
+of each in that table, within the run-to-run noise of this machine), and ``CANDIDATES[-1]`` on a GPU, where
+larger batches only fill it better.
 """
 
 from __future__ import annotations
