@@ -299,3 +299,28 @@ def test_a_frozen_cnn_teacher_runs_channels_last_and_a_view_model_stays_contiguo
     mlp = FrozenTeacher(build_model("mlp", num_classes=10, input_shape=(784,), hidden=[16]))
     mlp(torch.randn(3, 784))
     assert mlp.channels_last is False
+
+
+def test_evaluation_runs_a_cnn_channels_last_and_gives_it_back_untouched() -> None:
+    from distill.evaluate import predict
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 28, 28)
+    cnn = build_model("cnn", num_classes=10, input_shape=(1, 28, 28), channels=[8, 16], hidden=32)
+    cnn(x[:4]).sum().backward()  # a gradient, as mid-training
+    before = [(p, p.data, p.grad) for p in cnn.parameters()]
+    seen: list[bool] = []
+    conv = cnn.features[1].conv  # 8 -> 16 channels: the two layouts differ (with one channel they coincide)
+    hook = conv.register_forward_pre_hook(
+        lambda m, args: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last) and
+                                    not m.weight.is_contiguous()))
+    logits = predict(cnn, x, batch_size=16)
+    hook.remove()
+    assert seen and all(seen)  # every batch ran channels-last
+    # the very tensors it had: same memory, same strides (a layout change would have copied them)
+    assert all(p.data_ptr() == d.data_ptr() and p.stride() == d.stride() and p.grad.data_ptr() == g.data_ptr()
+               and p.grad.stride() == g.stride() for p, d, g in before)
+    with torch.no_grad():
+        assert torch.allclose(logits, cnn.eval()(x), atol=1e-5)
+    view = _ViewNet()
+    assert torch.allclose(predict(view, torch.ones(3, 1, 8, 8)), view.eval()(torch.ones(3, 1, 8, 8)))

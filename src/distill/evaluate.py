@@ -68,6 +68,12 @@ def _chunks(data: Any, batch_size: int) -> Iterator[Any]:
         yield from (x for _, x in batches(data, batch_size))
 
 
+def _rows(data: Any) -> int:
+    if isinstance(data, dict):
+        return len(next(iter(data.values()), ()))
+    return len(data)
+
+
 def _to(x: Any, device: torch.device) -> Any:
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
@@ -89,11 +95,17 @@ def predict(model: nn.Module, data: Any, batch_size: int | None = None, inputs: 
         batch_size = inference_batch_size(model, data, inputs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from distill.batching import _take
+    from distill.layout import inference_layout
+
     device = _device_of(model, torch.device("cpu"))
     outs = []
-    with _eval_mode(model):
+    run = lambda x: _logits_of(feed(model, x, inputs)).float().cpu()  # noqa: E731
+    first = _to(_take(data, 1), device) if _rows(data) else None
+    with _eval_mode(model), inference_layout(model, first, run) as channels_last:
         for x in _chunks(data, batch_size):
-            outs.append(_logits_of(feed(model, _to(x, device), inputs)).float().cpu())
+            x = _to(x, device)
+            outs.append(run(x.contiguous(memory_format=torch.channels_last) if channels_last else x))
     if not outs:
         raise ValueError("predict() needs at least one input")
     return torch.cat(outs)

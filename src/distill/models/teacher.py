@@ -175,12 +175,13 @@ class FrozenTeacher(nn.Module):
 
     def _run(self, x: Tensor) -> Any:
         """The wrapped model on an image batch, in channels-last memory on a CPU where its 2-D convolutions
-        allow it: 1.6-2.7x faster inference for the CNNs of ``benchmarks/inference_batch.py`` on this project's
-        CPU. Decided on the first batch from the model and input alone (no timing, so a cache built twice is the
-        same); a model that needs contiguous memory (a ``.view`` of a conv output) stays as it is."""
+        allow it (``distill.layout``), for good. Decided on the first batch from the model and input alone (no
+        timing, so a cache built twice is the same); a model that needs contiguous memory (a ``.view`` of a conv
+        output) stays as it is."""
         if self.channels_last is None:
-            self.channels_last = x.ndim == 4 and x.device.type == "cpu" and any(
-                isinstance(m, nn.Conv2d) for m in self.wrapped.modules())
+            from distill.layout import wants_channels_last
+
+            self.channels_last = wants_channels_last(self.wrapped, x)
             if self.channels_last:
                 self.wrapped.to(memory_format=torch.channels_last)
                 try:
