@@ -152,3 +152,15 @@ def test_method_args_file_refuses_a_duplicate_method(tmp_path: Path) -> None:
     args.write_text("at: {beta: 1000}\nsp: {beta: 3000}\nat: {beta: 10}\n")
     with pytest.raises(DistillError, match="line 3, column 1: duplicate key 'at' \\(first given at line 1\\)"):
         load_method_args(str(args))
+
+
+def test_a_key_holding_a_newline_stays_on_the_errors_one_line() -> None:
+    """Found by tests/test_fuzz.py: a NaN under a key with a newline gave a two-line message."""
+    from distill.spec_check import check_method_numbers
+
+    with pytest.raises(DistillError) as e:
+        recipe_from_dict({"name.\n": float("nan")})
+    assert "\n" not in str(e.value) and "name.\\n" in str(e.value)
+    with pytest.raises(DistillError) as e:
+        check_method_numbers({"w_a\nb": -1.0}, 1.0, "method", "kd")
+    assert "\n" not in str(e.value) and "w_a\\nb" in str(e.value)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError, single_line
 from distill.registry import closest
-from distill.spec_check import numbers_in
+from distill.spec_check import numbers_in, printable_key
 from distill.yaml_io import load_yaml, read_yaml
 
 
@@ -285,7 +285,7 @@ def _explain(e: ValidationError, root: Any = None, prefix: str = "") -> str:
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix] * bool(prefix) + loc) or "recipe"
-    key = key if key.isprintable() else repr(key)[1:-1]  # a key holding a newline stays on the error's one line
+    key = printable_key(key)  # a key holding a newline stays on the error's one line
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], root or Recipe)
         return (f"unknown key '{key}'{closest(loc[-1], allowed)} (allowed: {', '.join(allowed)})")

@@ -59,6 +59,13 @@ WEIGHT_KEYS = ("weight", "alpha", "beta", "gamma")
 TEMPERATURE_KEYS = ("T", "temperature", "tau", "nce_t")
 
 
+def printable_key(key: Any) -> str:
+    """A key as it can appear in a one-line error: a key holding a newline or another control character is
+    escaped (``'a\\nb'``), so the message stays on one line."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def numbers_in(value: Any, path: str) -> list[tuple[str, float]]:
     """Every real number inside ``value`` (nested lists and dicts), with its dotted path."""
     if isinstance(value, bool):
@@ -66,7 +73,7 @@ def numbers_in(value: Any, path: str) -> list[tuple[str, float]]:
     if isinstance(value, (int, float)):
         return [(path, float(value))]
     if isinstance(value, dict):
-        return [n for k, v in value.items() for n in numbers_in(v, f"{path}.{k}")]
+        return [n for k, v in value.items() for n in numbers_in(v, f"{path}.{printable_key(k)}")]
     if isinstance(value, (list, tuple)):
         return [n for i, v in enumerate(value) for n in numbers_in(v, f"{path}.{i}")]
     return []
