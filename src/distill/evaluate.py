@@ -68,12 +68,6 @@ def _chunks(data: Any, batch_size: int) -> Iterator[Any]:
         yield from (x for _, x in batches(data, batch_size))
 
 
-def _rows(data: Any) -> int:
-    if isinstance(data, dict):
-        return len(next(iter(data.values()), ()))
-    return len(data)
-
-
 def _to(x: Any, device: torch.device) -> Any:
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
@@ -95,7 +89,7 @@ def predict(model: nn.Module, data: Any, batch_size: int | None = None, inputs: 
         batch_size = inference_batch_size(model, data, inputs)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from distill.batching import _take
+    from distill.batching import _rows, _take
     from distill.layout import inference_layout
 
     device = _device_of(model, torch.device("cpu"))
