@@ -39,7 +39,9 @@ def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
         if spec.name not in SHAPE_FREE:
             raise DistillError(f"model '{spec.name}' reads one tensor but dataset '{data.name}' has dict inputs "
                                f"{sorted(data.input_shape)}: set its 'inputs' to one key")
-        shape = (1,)  # these models read dicts and are built from their own arguments: no shape to pass on
+        # these models read dicts and are built from their own arguments; the token ids' shape, (S,), is the
+        # one they may check (a sequence longer than a language model's context)
+        shape = next((tuple(v) for k, v in data.input_shape.items() if k.endswith("input_ids")), (1,))
     if spec.resize is not None:  # a teacher of another domain sees inputs resized to its own size
         shape = (*shape[:-len(spec.resize)], *spec.resize)
     torch.manual_seed(seed)
@@ -91,7 +93,11 @@ def output_classes(model: nn.Module, data: DataSplits, inputs: Keys = None, role
         logits = as_logits(out)
     except DistillError as e:
         raise DistillError(f"{role} ({type(model).__name__}): {e}") from None
-    if logits.ndim != 2 or logits.shape[0] != min(2, len(data.train)):
+    rank = 3 if data.tokens else 2  # a language model: (B, S, V) next-token logits
+    if logits.ndim != rank or logits.shape[0] != min(2, len(data.train)):
+        if data.tokens:
+            raise DistillError(f"{role} ({type(model).__name__}) returned a tensor of shape {tuple(logits.shape)}; "
+                               f"dataset '{data.name}' predicts tokens: expected logits (batch, seq_len, vocab)")
         raise DistillError(f"{role} ({type(model).__name__}) returned a tensor of shape {tuple(logits.shape)} for a "
                            f"batch of {min(2, len(data.train))}; expected logits (batch, num_classes)")
     return int(logits.shape[-1])
@@ -106,6 +112,8 @@ def check_classes(data: DataSplits, inputs: dict[str, Keys] | None = None, **mod
     ``inputs`` maps a role to the keys of a dict input it reads."""
     keys = inputs or {}
     counts = {role: output_classes(m, data, keys.get(role), role) for role, m in models.items()}
+    if data.tokens:
+        return _check_vocabularies(data, counts)
     if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
         raise DistillError(f"teacher and student disagree on the number of classes: teacher outputs "
                            f"{counts['teacher']}, student outputs {counts['student']} "
@@ -113,6 +121,19 @@ def check_classes(data: DataSplits, inputs: dict[str, Keys] | None = None, **mod
     for role, n in counts.items():
         if n != data.num_classes:
             raise DistillError(f"{role} outputs {n} classes but dataset '{data.name}' has {data.num_classes}")
+
+
+def _check_vocabularies(data: DataSplits, counts: dict[str, int]) -> None:
+    """Language models: every vocabulary covers the tokenizer's, and teacher and student share one (their logits
+    may be padded beyond the tokenizer's size, but then alike)."""
+    for role, n in counts.items():
+        if n < data.num_classes:
+            raise DistillError(f"{role} predicts {n:,} tokens but the tokenizer of dataset '{data.name}' has "
+                               f"{data.num_classes:,}")
+    if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
+        raise DistillError(f"teacher and student vocabularies differ (teacher {counts['teacher']:,} tokens, student "
+                           f"{counts['student']:,}): token-level distillation compares distributions over one "
+                           "vocabulary; build the student with the teacher's (config vocab_size)")
 
 
 def build_methods(recipe: Recipe) -> MethodSet:

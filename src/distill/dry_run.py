@@ -77,6 +77,8 @@ def tiny_splits(data: DataSplits, n: int = SAMPLES) -> DataSplits:
     """The first ``n`` samples of each split; the training split keeps labelled samples (when it has any) so the
     scratch baseline has some, and streamed splits are read in this process (no loader workers to start)."""
     y = data.train.y
+    if y.ndim == 2:  # token targets: every block counts
+        return replace(data, train=_head(data.train, n), val=_head(data.val, n), test=_head(data.test, n))
     labelled = (y != UNLABELLED).nonzero().squeeze(1)[: n // 2]  # (<= n/2,)
     rest = (y == UNLABELLED).nonzero().squeeze(1)[: n - len(labelled)]  # (<= n - labelled,)
     keep = torch.cat([labelled, rest]).sort().values  # (K,) positions, in order

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DistillError, first_line
@@ -51,6 +51,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 _STALE_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 STALE_DIRS = ("checkpoint.tmp", "cache.tmp", "cache.old", "dry_run.tmp")
 
+
+ALIASES = "distill_aliases"  # safetensors metadata: {entry stored once under another name: that name}
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Delete, directly in ``folder``, the temporary files and staging folders of a write that a kill cut short;
@@ -130,10 +132,23 @@ def read_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
 
 
 def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
-    """Atomically save a state dict as safetensors (tensors made contiguous and detached)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    """Atomically save a state dict as safetensors (tensors made contiguous and detached). Entries that are the
+    same tensor (tied weights: a language model's input embedding and output layer) are stored once; the file's
+    metadata names the aliases and ``load_weights`` restores them."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    for k in sorted(state):
+        v = state[k].detach()
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        tensors[k] = v.cpu().contiguous()
+    meta = {ALIASES: json.dumps(aliases)} if aliases else None
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
@@ -159,8 +174,13 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DistillError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
+            state = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))
+            for alias, kept in aliases.items():
+                state[alias] = state[kept]
+            return state
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
             raise DistillError(f"{path}: not a valid safetensors file ({e})") from None
     state = load_torch(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

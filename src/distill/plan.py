@@ -101,13 +101,16 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     check_device(recipe.device)
     check_output_dir(recipe.out)
     data = load_data(recipe) if data is None else data
+    methods = build_methods(recipe)
+    if data.tokens:
+        methods.require_token_level()
     teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
     teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
     # each peer starts from its own initialisation: identical students would stay identical under mutual learning
     peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs)
              for i, (k, s) in enumerate((recipe.peers or {}).items(), start=1)}
     return Plan(name=recipe.name, seed=recipe.seed, out=recipe.out, device=recipe.device, data=data,
-                student=build_arch(recipe.student, data, recipe.seed), methods=build_methods(recipe),
+                student=build_arch(recipe.student, data, recipe.seed), methods=methods,
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 group_by_length=bool(recipe.data.group_by_length),

@@ -81,13 +81,17 @@ class TrainSpec(_Strict):
     channels_last: bool = False  # NHWC layout for 2-D conv nets
     compile: bool = False  # torch.compile the student's forward pass
     loss_scale: LossScaleSpec | None = None  # None: the defaults
+    accumulate: int = Field(1, ge=1)  # gradient accumulation: an optimizer step every `accumulate` batches
 
     @model_serializer(mode="wrap")
     def _unset_left_out(self, dump: Any) -> Any:
-        # loss_scale came after runs were made: left out while unset, so their fingerprints and recipes stay
+        # loss_scale and accumulate came after runs were made: left out while unset, so their fingerprints and
+        # recipes stay
         out = dump(self)
         if self.loss_scale is None and isinstance(out, dict):
             out.pop("loss_scale", None)
+        if self.accumulate == 1 and isinstance(out, dict):
+            out.pop("accumulate", None)
         return out
 
 

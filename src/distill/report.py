@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.io import atomic_path, write_json, write_text
+from distill.report_lm import is_lm, lm_summary, lm_table
 
 DASH = "—"
 CURVES_PNG = "curves.png"
@@ -85,6 +86,8 @@ def summarize(models: dict[str, dict], roles: dict[str, str] | None = None) -> d
         "speedup_b1": _ratio(_num(t, "latency_ms_b1"), _num(st, "latency_ms_b1")),
         "speedup_b256": _ratio(_num(t, "latency_ms_b256"), _num(st, "latency_ms_b256")),
         "teacher_gap": _diff(_num(t, "top1"), _num(st, "top1_last")),
+        "ppl_ratio": _ratio(_num(st, "ppl"), _num(sc, "ppl")),
+        "generation_speedup": _ratio(_num(st, "tokens_per_s"), _num(t, "tokens_per_s")),
     }
     return {k: v for k, v in summary.items() if v is not None}
 
@@ -136,6 +139,7 @@ def _summary_text(s: dict[str, float], models: dict[str, dict], roles: dict[str,
     speed = [f"{s[k]:.1f}x at batch {b}" for k, b in (("speedup_b1", 1), ("speedup_b256", 256)) if k in s]
     if speed:
         parts.append("its speed-up over the teacher is " + " and ".join(speed))
+    parts += lm_summary(s)
     if not parts:
         return "No teacher / scratch / student comparison is available for this run."
     text = "; ".join(parts) + "."
@@ -148,11 +152,13 @@ def _dec(value: float | None) -> str:
 
 def _markdown(report: dict) -> str:
     models = report["models"]
-    lines = [f"# {report['title']}", "",
-             "| role | params | size | top-1 last | top-1 best (epoch) | top-5 | agreement w/ teacher | ECE "
-             "| latency b1 (ms) | latency b256 (ms) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [_row(role, m) for role, m in models.items()]
+    lines = [f"# {report['title']}", ""]
+    if is_lm(models):
+        lines += lm_table(models, (_pct, _size, _fmt, _num))
+    else:
+        lines += ["| role | params | size | top-1 last | top-1 best (epoch) | top-5 | agreement w/ teacher | ECE "
+                  "| latency b1 (ms) | latency b256 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [_row(role, m) for role, m in models.items()]
     lines += ["", "## Summary", "", _summary_text(report["summary"], models, report.get("summary_roles")), ""]
     probed = {r: m for r, m in models.items() if m.get("knn_top1") is not None}
     if probed:

@@ -34,6 +34,7 @@ from distill.engine.optim import Group
 from distill.errors import DistillError
 from distill.evaluate import model_metrics, predict, topk_accuracy
 from distill.io import load_into, load_weights, read_json, remove_stale_temps, save_weights, write_json
+from distill.lm_eval import data_batch, lm_epoch_eval, lm_metrics
 from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
@@ -249,7 +250,11 @@ def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trai
 
 
 def epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
-    """The default per-epoch evaluation of a role: top-1 on the validation and test splits."""
+    """The default per-epoch evaluation of a role: top-1 on the validation and test splits (next-token top-1
+    and perplexity for a language model)."""
+    if data.tokens:
+        return partial(lm_epoch_eval, data, batch_size or data_batch(data), inputs)
+
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"val_top1": epoch_top1(model, data.val, batch_size, inputs),
                 "test_top1": epoch_top1(model, data.test, batch_size, inputs)}
@@ -276,7 +281,7 @@ def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, lo
     """Warnings about the methods' settings for this teacher on 1,024 of its logits (logged): the test logits
     stored in the plan's teacher cache when there is one (the teacher does not run again), else a sample of
     the training split."""
-    if teacher is None:
+    if teacher is None or data.tokens:  # the checks read (N, C) class logits
         return []
     cached = cached_eval_logits(plan, teacher, "test") if plan is not None else None
     logits = cached[:1024] if cached is not None else predict(teacher, head(data.train, 1024))
@@ -288,6 +293,8 @@ def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, lo
 
 def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None) -> dict[str, dict[str, Any]]:
     """Test metrics of every trained role (the teacher through its frozen wrapper)."""
+    if plan.data.tokens:
+        return lm_metrics(plan, trained, teacher)
     test, bs = plan.data.test, plan.eval_batch_size
     t_logits = None if teacher is None else cached_eval_logits(plan, teacher, "test")  # the teacher ran once
     if teacher is not None and t_logits is None:
@@ -330,5 +337,8 @@ def describe_data(data: DataSplits) -> str:
     labelled = len(data.labelled_train())
     streamed = ", streamed" if isinstance(data.train, StreamDataset) else ""
     shape = data.input_shape if isinstance(data.input_shape, dict) else tuple(data.input_shape)
+    if data.tokens:
+        return (f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)} blocks of "
+                f"{data.train.y.shape[1]} tokens, vocabulary {data.num_classes:,}")
     return (f"data: {data.name} train {len(data.train)} ({labelled} labelled) / val {len(data.val)} / "
             f"test {len(data.test)}, {data.num_classes} classes, input {shape}{streamed}")

@@ -53,9 +53,10 @@ class Batch:
 class TopKLogits:
     """A teacher's logits as stored by the teacher cache: the k largest and the log-sum-exp of all of them.
 
-    values:  (B, k) fp32 logits of the top-k classes (at T=1), largest first.
-    indices: (B, k) long class indices of ``values``.
-    lse:     {T: (B,) fp32} ``logsumexp(logits / T)`` over all C classes, for every temperature the
+    values:  (B, k) fp32 logits of the top-k classes (at T=1), largest first; (B, S, k) per token of a
+             language model (C is then the vocabulary).
+    indices: (B, k) long class indices of ``values`` ((B, S, k)).
+    lse:     {T: (B,) fp32} ``logsumexp(logits / T)`` over all C classes ((B, S)), for every temperature the
              cache was built for; it fixes the exact probability mass of the classes outside the top k.
     num_classes: C. When k == C the logits are complete (``dense``).
     """
@@ -68,7 +69,7 @@ class TopKLogits:
     @property
     def dense(self) -> bool:
         """True when every class is stored (``k: all``)."""
-        return self.values.shape[1] == self.num_classes
+        return self.values.shape[-1] == self.num_classes
 
 
 @dataclass

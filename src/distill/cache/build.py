@@ -80,10 +80,11 @@ def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], input
 
 @torch.inference_mode()
 def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long."""
-    logits = teacher(x).float()  # (B, C)
-    values, indices = logits.topk(k, dim=1)  # sorted, largest first
-    lse = torch.stack([torch.logsumexp(logits / t, dim=1) for t in temps], dim=1)  # (B, n_T)
+    """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long; a language
+    model's (B, S, V) logits give (B, S, k), (B, S, k) and (B, S, n_T)."""
+    logits = teacher(x).float()  # (B, C) or (B, S, V)
+    values, indices = logits.topk(k, dim=-1)  # sorted, largest first
+    lse = torch.stack([torch.logsumexp(logits / t, dim=-1) for t in temps], dim=-1)  # (B, n_T) or (B, S, n_T)
     return values, indices, lse
 
 
@@ -107,7 +108,7 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
     n, views, k, temps = len(inputs), int(fp["views"]), int(fp["k"]), list(fp["temperatures"])
     val_dtype = np.float16 if fp["dtype"] == "fp16" else np.float32
     on = lambda x: Batch(x, torch.zeros(0), torch.zeros(0)).to(device).input  # noqa: E731  (tensor or dict)
-    classes = _num_classes(teacher, on(head(inputs, 1)))
+    classes, tail = _output_shape(teacher, on(head(inputs, 1)))  # tail: () per sample, (S,) per token
     if k > classes:
         raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
     idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
@@ -121,8 +122,9 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
     for v in range(views):
         for s, start in enumerate(range(0, n, MAX_SHARD_ROWS)):
             stop = min(n, start + MAX_SHARD_ROWS)
-            out = {"values": np.empty((stop - start, k), val_dtype), "indices": np.empty((stop - start, k), idx_dtype),
-                   "lse": np.empty((stop - start, len(temps)), np.float32)}
+            rows_of = (stop - start, *tail)
+            out = {"values": np.empty((*rows_of, k), val_dtype), "indices": np.empty((*rows_of, k), idx_dtype),
+                   "lse": np.empty((*rows_of, len(temps)), np.float32)}
             for index, x in batches(inputs, batch_size, start, stop):  # index (B,)
                 if augment is not None:
                     x = augment(x, index, v)
@@ -133,11 +135,13 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
                     out[f][b - start: b - start + len(index)] = t.cpu().numpy()
             arrays.update({shard_name(v, s, f): a for f, a in out.items()})
             shards.append({"view": v, "shard": s, "start": start, "stop": stop})
-    evaluated = _eval_logits(teacher, evaluate or {}, batch_size, on, arrays)
+    # dense evaluation logits of a language model would be N x S x V: its report scores the teacher itself
+    evaluated = _eval_logits(teacher, evaluate or {}, batch_size, on, arrays) if not tail else {}
     seconds = time.perf_counter() - t0
     manifest = {"fingerprint": fp, "num_classes": classes, "k": k, "views": views, "temperatures": temps,
                 "build_seconds": round(seconds, 3), "batch_size": batch_size,
-                "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps)),
+                "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps)) * int(np.prod(tail)),
+                **({"tokens_per_sample": int(np.prod(tail))} if tail else {}),
                 **({"eval": evaluated} if evaluated else {})}
     write_cache(path, shards, arrays, manifest)
     log(f"cache: built {path} ({n} samples x {views} view(s), k={k}, {fp['dtype']}) in {seconds:.1f}s")
@@ -174,9 +178,11 @@ def _check_storable(values: Tensor, dtype: Any, first_row: int) -> None:
                            "usually mean diverged training or BatchNorm statistics from too few steps)")
 
 
-def _num_classes(teacher: nn.Module, x: Any) -> int:
+def _output_shape(teacher: nn.Module, x: Any) -> tuple[int, tuple[int, ...]]:
+    """(C, the per-sample positions between batch and classes: () for (B, C) logits, (S,) for (B, S, V))."""
     with torch.no_grad():
-        return int(teacher(x).shape[1])
+        shape = tuple(teacher(x).shape)
+    return int(shape[-1]), shape[1:-1]
 
 
 def _row_bytes(k: int, val_dtype: Any, idx_dtype: Any, n_temps: int) -> int:

@@ -7,6 +7,8 @@ Layout of a cache directory::
     v0000-s0000.indices.npy        (rows, k) int16/int32 class indices
     v0000-s0000.lse.npy            (rows, n_T) fp32 logsumexp(logits / T) for each temperature in the manifest
 
+A language model's cache has a row per token: (rows, S, k), (rows, S, k) and (rows, S, n_T) for blocks of S.
+
 One shard holds rows ``start:stop`` of the training set for one augmentation view. Everything is written into
 ``<path>.tmp`` and swapped in by renames, so a killed build never leaves a cache that looks complete. Shards
 are plain ``.npy`` arrays read with ``allow_pickle=False``: opening a cache never unpickles anything.
@@ -163,23 +165,27 @@ class TeacherCache:
             if hit.any():
                 for f in FIELDS:
                     out[f][hit] = sh.arrays[f][idx[hit] - sh.start]
-        values = torch.from_numpy(out["values"]).float().to(index.device)  # (B, k)
-        indices = torch.from_numpy(out["indices"]).long().to(index.device)  # (B, k)
-        lse_all = torch.from_numpy(out["lse"]).to(index.device)  # (B, n_T)
-        lse = {t: lse_all[:, i] for i, t in enumerate(self.temperatures)}
+        values = torch.from_numpy(out["values"]).float().to(index.device)  # (B, k) or (B, S, k)
+        indices = torch.from_numpy(out["indices"]).long().to(index.device)  # (B, k) or (B, S, k)
+        lse_all = torch.from_numpy(out["lse"]).to(index.device)  # (B, n_T) or (B, S, n_T)
+        lse = {t: lse_all[..., i] for i, t in enumerate(self.temperatures)}
         topk = TopKLogits(values, indices, lse, self.num_classes)
+        if values.ndim > 2 and not topk.dense:
+            # per token, dense logits would be B x S x V floats rebuilt every step: the token methods that take
+            # a top-k cache read `topk`, and `logits` is an empty (B, S, 0) placeholder
+            return ModelOutput(values.new_empty((*values.shape[:-1], 0)), topk=topk)
         return ModelOutput(densify(topk), topk=topk)
 
 
 def densify(topk: TopKLogits) -> Tensor:
-    """(B, C) logits from a top-k record: exact when k == C; otherwise the classes outside the top k share
-    the remaining probability mass (at T=1) evenly, which keeps softmax(logits) summing to the right mass."""
-    b, k = topk.values.shape
-    c = topk.num_classes
+    """(B, C) logits from a top-k record ((B, S, V) per token): exact when k == C; otherwise the classes outside
+    the top k share the remaining probability mass (at T=1) evenly, which keeps softmax(logits) summing to the
+    right mass."""
+    k, c = topk.values.shape[-1], topk.num_classes
     if k == c:
-        return torch.empty_like(topk.values).scatter_(1, topk.indices, topk.values)
-    lse = topk.lse[1.0][:, None]  # (B, 1)
-    top_mass = torch.exp(topk.values - lse).sum(dim=1, keepdim=True).clamp(max=1.0)  # (B, 1)
+        return torch.empty_like(topk.values).scatter_(-1, topk.indices, topk.values)
+    lse = topk.lse[1.0][..., None]  # (B, 1)
+    top_mass = torch.exp(topk.values - lse).sum(dim=-1, keepdim=True).clamp(max=1.0)  # (B, 1)
     tail = torch.log((1.0 - top_mass).clamp(min=1e-12) / (c - k)) + lse  # (B, 1) logit per missing class
-    tail = torch.minimum(tail, topk.values[:, -1:])  # never above the smallest stored logit
-    return tail.expand(b, c).clone().scatter_(1, topk.indices, topk.values)
+    tail = torch.minimum(tail, topk.values[..., -1:])  # never above the smallest stored logit
+    return tail.expand(*topk.values.shape[:-1], c).clone().scatter_(-1, topk.indices, topk.values)

@@ -4,7 +4,7 @@ Importing this package registers every dataset (``digits``, ``mnist``, ``mnist1d
 ``folder``) in ``DATASETS``.
 """
 
-from distill.data import builtin, sensors, text, user  # noqa: F401  (imported for their registrations)
+from distill.data import builtin, corpus, sensors, text, user  # noqa: F401  (imported for their registrations)
 from distill.data.augment import Augment
 from distill.data.base import (
     DATASETS,

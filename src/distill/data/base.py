@@ -41,14 +41,15 @@ class ArrayDataset:
     """A whole split held in memory (the fast path: batches are gathered by index, no DataLoader).
 
     x: (N, *input_shape) float32, or a dict of named (N, ...) tensors (several fields per sample).
-    y: (N,) int64; ``UNLABELLED`` (-1) marks transfer-set samples.
+    y: (N,) int64; ``UNLABELLED`` (-1) marks transfer-set samples. Or (N, S): a target per token (the next
+       token of a language-model block, ``distill.data.corpus``; -100 where nothing counts).
     """
 
     x: Input
     y: Tensor
 
     def __post_init__(self) -> None:
-        if self.y.ndim != 1 or rows_of(self.x) != self.y.shape[0]:
+        if self.y.ndim not in (1, 2) or rows_of(self.x) != self.y.shape[0]:
             shape = {k: tuple(v.shape) for k, v in self.x.items()} if isinstance(self.x, dict) else tuple(self.x.shape)
             raise ValueError(f"x {shape} and y {tuple(self.y.shape)} disagree on N")
 
@@ -102,8 +103,15 @@ class DataSplits:
     class_names: tuple[str, ...] | None = None
     full_y: Tensor | None = None
 
+    @property
+    def tokens(self) -> bool:
+        """True for a language-model corpus: targets per token, (N, S), logits (B, S, V)."""
+        return self.test.y.ndim == 2
+
     def labelled_train(self) -> Any:
         """Only the labelled part of train: what a student trained from scratch sees."""
+        if self.train.y.ndim == 2:
+            return self.train  # token targets: every block is text to learn from
         keep = (self.train.y != UNLABELLED).nonzero().squeeze(1)  # (K,)
         return self.train.subset(keep)
 
@@ -226,6 +234,8 @@ def _check_labels(name: str, raw: RawSplits) -> None:
         raise DistillError(f"dataset {name!r}: labels imply {raw.num_classes:,} classes (largest label "
                            f"{raw.num_classes - 1}) for {present} distinct labels in the train split; remap the labels "
                            "to 0..K-1")
+    if raw.train.y.ndim == 2:
+        return _check_token_targets(name, raw)
     classes = torch.unique(raw.train.y) if len(raw.train) else torch.empty(0)
     if len(classes) == 1:
         raise DistillError(f"dataset {name!r}: every train label is {int(classes[0])}; a classifier needs at least "
@@ -240,6 +250,19 @@ def _check_labels(name: str, raw: RawSplits) -> None:
             raise DistillError(
                 f"dataset {name!r}: label {bad} in the {split} split is outside 0..{raw.num_classes - 1}"
             )
+
+
+def _check_token_targets(name: str, raw: RawSplits) -> None:
+    """Token targets (N, S): every split non-empty, every id that counts (not -100) inside the vocabulary."""
+    for split in ("train", "val", "test"):
+        y = getattr(raw, split).y
+        counted = y[y != -100]
+        if len(y) == 0 or counted.numel() == 0:
+            raise DistillError(f"dataset {name!r}: the {split} split has no token to predict")
+        lo, hi = int(counted.min()), int(counted.max())
+        if lo < 0 or hi >= raw.num_classes:
+            raise DistillError(f"dataset {name!r}: token id {lo if lo < 0 else hi} in the {split} split is outside "
+                               f"the vocabulary 0..{raw.num_classes - 1}")
 
 
 def inferred_classes(name: str, splits: Sequence[Any]) -> int:

@@ -51,6 +51,8 @@ def build_data(name: str, *, seed: int = 0, labels_per_class: int | None = None,
         raise DistillError(f"dataset {name!r}: its builder returned a {type(raw).__name__}; expected RawSplits or "
                            "a mapping with 'train' (and optionally 'val', 'test', 'num_classes')")
     if classes is not None:
+        if raw.train.y.ndim == 2:
+            raise DistillError(f"data.classes: dataset {name!r} predicts tokens; there are no classes to select")
         raw = select_classes(raw, list(classes))
     return ready(name, raw, seed=seed, labels_per_class=labels_per_class, normalize=normalize)
 
@@ -91,6 +93,9 @@ def ready(name: str, raw: RawSplits, *, seed: int, labels_per_class: int | None,
     """Label budget and normalisation applied to every split; the result the engine trains on."""
     _check_labels(name, raw)
     _check_inputs(name, raw)
+    if labels_per_class is not None and raw.train.y.ndim == 2:
+        raise DistillError(f"data.labels_per_class: dataset {name!r} predicts tokens (every token is its own label); "
+                           "cap the text with its train_tokens instead")
     input_shape = sample_shape(raw.train)
     if isinstance(input_shape, dict):
         if normalize is not None:

@@ -102,11 +102,14 @@ def tokenize(texts: list[str], tokenizers: dict[str, str], max_length: int) -> d
 
 
 def load_tokenizer(path: str) -> Any:
-    """A local transformers tokenizer folder, offline (one line when it is missing or unreadable)."""
+    """A local transformers tokenizer folder, or the tokenizer inside a ``.gguf`` file (converted once,
+    ``distill.models.gguf``), offline (one line when it is missing or unreadable)."""
     from distill.build import resolve_path
+    from distill.models.gguf import converted, gguf_file
     from distill.models.hf import _transformers
 
-    folder = resolve_path(path)
+    gguf = gguf_file(path)
+    folder = converted(gguf, "tokenizer") if gguf is not None else resolve_path(path)
     if not folder.is_dir():
         raise DistillError(f"tokenizer {path}: no such folder")
     try:

@@ -82,7 +82,8 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
     params = list(model.parameters()) + list(methods.parameters())
     opt = build_optimizer(params, job.train.optimizer, job.groups)
     pre = methods.pretrain_epochs
-    sched = build_scheduler(opt, job.train.schedule, len(job.loader), job.train.epochs, pre, job.groups)
+    updates = -(-len(job.loader) // job.train.accumulate)  # optimizer steps per epoch
+    sched = build_scheduler(opt, job.train.schedule, updates, job.train.epochs, pre, job.groups)
     start = _start(job, opt, sched)
     if job.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -242,6 +243,7 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     stage, stage_epoch, stage_epochs = ("pretrain", epoch, pre) if epoch < pre else \
         ("main", epoch - pre, job.train.epochs)
     meter = Meter(job.desc, job.out_dir, epoch, n_steps)
+    acc = job.train.accumulate
     share = job.loader.share if dist.world_size() > 1 else lambda _: 1.0
     with ExitStack() as stack:
         s_taps, t_taps = attach_taps(job, stack)
@@ -252,16 +254,12 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             ctx = StepContext(epoch=stage_epoch, step=stage_epoch * n_steps + i, epochs=stage_epochs,
                               steps_per_epoch=n_steps, stage=stage)
             out = dist.weight_by_share(step.loss(job, batch, ctx, s_taps, t_taps), share(i))
-            opt.zero_grad(set_to_none=True)
-            step.scaler.scale(out.loss).backward()
-            if job.train.grad_clip:
-                step.scaler.unscale_(opt)
-                meter.add_grad_norm(nn.utils.clip_grad_norm_(params, job.train.grad_clip))
-            elif not step.scaler.is_enabled():  # scaled AMP gradients: no true norm without a host sync
-                meter.add_grad_norm(nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-            step.scaler.step(opt)
-            step.scaler.update()
-            sched.step()
+            if i % acc == 0:
+                opt.zero_grad(set_to_none=True)
+            group = min(acc, n_steps - i // acc * acc)  # batches in this update (fewer at the epoch's end)
+            step.scaler.scale(out.loss / group if group > 1 else out.loss).backward()
+            if (i + 1) % acc == 0 or i + 1 == n_steps:  # accumulated `acc` batches (or the epoch's last ones)
+                _update(job, step, opt, sched, params, meter)
             meter.add(out.loss, out.terms, len(batch.target) * dist.world_size())
             bar.update(1)
             if (i + 1) % job.train.log_every == 0:
@@ -270,6 +268,19 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
     stats = meter.summary(opt.param_groups[0]["lr"])
     stats.update(stage=stage, stage_epoch=stage_epoch + 1, stage_epochs=stage_epochs)
     return stats
+
+
+def _update(job: FitJob, step: _Step, opt: torch.optim.Optimizer, sched: Any, params: list[nn.Parameter],
+            meter: Meter) -> None:
+    """One optimizer step on the gradients accumulated since the last: clipped or measured, then applied."""
+    if job.train.grad_clip:
+        step.scaler.unscale_(opt)
+        meter.add_grad_norm(nn.utils.clip_grad_norm_(params, job.train.grad_clip))
+    elif not step.scaler.is_enabled():  # scaled AMP gradients: no true norm without a host sync
+        meter.add_grad_norm(nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    step.scaler.step(opt)
+    step.scaler.update()
+    sched.step()
 
 
 def attach_taps(job: FitJob, stack: ExitStack) -> tuple[FeatureTaps, FeatureTaps | None]:
@@ -309,5 +320,8 @@ def _describe(desc: str, stats: dict[str, Any]) -> str:
     for key in ("val_top1", "test_top1"):
         if key in stats:
             parts.append(f"{key.split('_')[0]} {100 * stats[key]:.2f}%")
+            ppl = stats.get(key.replace("top1", "ppl"))
+            if ppl is not None:  # a language model: top-1 is next-token accuracy, and perplexity says more
+                parts[-1] += f" (ppl {ppl:.2f})"
     parts.append(f"{stats['seconds']:.1f}s ({stats['samples_per_s']:.0f} samples/s)")
     return "  ".join(parts)

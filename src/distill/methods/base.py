@@ -28,6 +28,7 @@ class Method(nn.Module):
     needs: ClassVar[Needs] = Needs()
     teacher_key: str | None = None  # with several teachers: the one this method reads (None: the ensemble)
     auto_layers: ClassVar[str | None] = None  # what ``layers: auto`` taps (a kind of ``distill.stages.KINDS``)
+    token_level: ClassVar[bool] = False  # takes a language model's (B, S, V) logits with (B, S) targets
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Method:
         # Remember the constructor's arguments, so a method object built in Python can be written back as a
@@ -96,7 +97,12 @@ def labelled_cross_entropy(logits: Tensor, target: Tensor, count: float | None =
     (``Batch.labelled_count``): the divisor to use instead, so that data-parallel ranks holding different
     numbers of labels still average to the global batch's mean. ``smoothing``: label smoothing (Szegedy et al.
     2016; torch's convention, ``smoothing / C`` on every class).
+
+    Token logits (B, S, V) with targets (B, S) average over the tokens whose target is not negative (-100:
+    padding, the Hugging Face convention).
     """
+    if logits.ndim > 2:
+        logits, target = logits.flatten(0, -2), target.flatten().clamp(min=-1)  # (B S, V), (B S,)
     total = nn.functional.cross_entropy(logits.float(), target, ignore_index=-1, reduction="sum",
                                         label_smoothing=smoothing)
     if count is not None:
@@ -132,6 +138,12 @@ class MethodSet(nn.Module):
     def live_teacher_methods(self) -> list[str]:
         """Names of the methods that need the live teacher (its features), not just its logits."""
         return [type(m).__name__.lower() for m in self.methods if m.needs.live_teacher or m.needs.teacher_taps]
+
+    def require_token_level(self) -> None:
+        """Language-model data: every method must take (B, S, V) next-token logits (a DistillError otherwise)."""
+        if other := [type(m).__name__.lower() for m in self.methods if not m.token_level]:
+            raise DistillError(f"method(s) {', '.join(other)} work on class logits (B, C); this dataset predicts "
+                               "tokens, (B, S, V) logits: use token_kd (and ce)")
 
     def without_topk(self, num_classes: int, k: int) -> list[str]:
         """Names of the teacher-using methods that cannot train on a top-k cache (k < num_classes)."""

@@ -11,6 +11,7 @@ class CE(Method):
     """Cross-entropy only; needs no teacher. Unlabelled samples are skipped."""
 
     needs = Needs(teacher=False)
+    token_level = True
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()

@@ -175,6 +175,7 @@ class TokenKD(Method):
     """
 
     needs = Needs(teacher=True)
+    token_level = True
 
     def __init__(self, divergence: str = "fkl", T: float = 1.0, beta: float = 0.5, skew: float = 0.1,
                  weight: float = 1.0, alpha: float = 0.0, chunk: int = 256) -> None:
@@ -192,11 +193,23 @@ class TokenKD(Method):
         assert t is not None, "token_kd needs teacher outputs"
         target = batch.target
         mask = target != IGNORE if target.shape == s.logits.shape[:-1] and s.logits.ndim > 2 else None
-        div = self.weight * token_divergence(s.logits, t.logits, name=self.divergence, mask=mask, T=self.T,
-                                             beta=self.beta, skew=self.skew, chunk=self.chunk)
+        opts = dict(name=self.divergence, mask=mask, T=self.T, beta=self.beta, skew=self.skew, chunk=self.chunk)
+        if t.topk is not None and not t.topk.dense:  # a sparse teacher cache: exact on top-k plus the tail
+            top = t.topk
+            div = self.weight * token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)],
+                                                      **opts)
+        else:
+            div = self.weight * token_divergence(s.logits, t.logits, **opts)
         terms = {self.divergence: div}
         if self.alpha:
             terms["ce"] = self.alpha * (
                 F.cross_entropy(s.logits.flatten(0, -2).float(), target.flatten(), ignore_index=IGNORE)
                 if s.logits.ndim > 2 else labelled_cross_entropy(s.logits, target, batch.labelled_count))
         return LossOutput(sum(terms.values()), terms)
+
+    def accepts_topk(self) -> bool:
+        """Exact on cached top-k teacher logits plus their tail bucket (``token_divergence_topk``)."""
+        return True
+
+    def cache_temperatures(self) -> tuple[float, ...]:
+        return (float(self.T),)

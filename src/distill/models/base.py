@@ -23,7 +23,7 @@ MODELS: Registry[Builder] = Registry("model", "distill.models", adapt="distill.e
 
 # Models built from their own arguments, not from the data's input shape: they may read a dict of fields
 # (external: any user module; hf, static, bilstm: token ids and attention mask). The tensor zoo is every other name.
-SHAPE_FREE = frozenset({"external", "hf", "static", "bilstm"})
+SHAPE_FREE = frozenset({"external", "hf", "static", "bilstm", "causal_lm"})
 
 # Arguments every builder receives from build_model itself, never from the user's options.
 _FIXED = ("num_classes", "input_shape")

