@@ -221,3 +221,58 @@ def test_a_missing_gguf_file_is_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(DistillError, match=r"^no GGUF file at .*absent\.gguf$"):
         build_model("causal_lm", num_classes=18, input_shape=(16,), path=str(tmp_path / "absent.gguf"))
+
+
+def test_the_teacher_cache_stores_top_k_per_token_and_serves_token_kd(tmp_path: Path) -> None:
+    """Per token: the k largest logits, their ids and the log-sum-exp at each temperature, (N, S, ...); with
+    k = V (fp32) the cached loss equals the live teacher's."""
+    from distill.cache.build import build_cache, cache_fingerprint
+    from distill.data.corpus import corpus
+    from distill.methods.token_kd import TokenKD
+    from distill.models import FrozenTeacher, build_model
+    from distill.types import Batch, ModelOutput, StepContext
+
+    raw = corpus(seed=0, path=str(texts(tmp_path / "t", works=3, lines=20)), tokenizer=tokenizer(tmp_path / "tok"),
+                 seq_len=16)
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(build_model("causal_lm", num_classes=18, input_shape=(16,), config=LLAMA))
+    caches = {}
+    for k in (4, 18):
+        fp = cache_fingerprint(teacher=teacher, teacher_spec={}, inputs=raw.train, augment=None, views=1, k=k,
+                               dtype="fp32", temperatures=[1.0, 2.0])
+        caches[k] = build_cache(tmp_path / f"c{k}", teacher=teacher, inputs=raw.train, fingerprint=fp, log=print)
+    index = torch.tensor([0, 3])
+    x = raw.train.take(index)
+    with torch.no_grad():
+        live = teacher(x)  # (2, 16, 18)
+    top = caches[4].lookup(index, 0)
+    assert top.topk.values.shape == top.topk.indices.shape == (2, 16, 4) and top.logits.shape == (2, 16, 0)
+    torch.testing.assert_close(top.topk.values, live.topk(4, dim=-1).values)
+    torch.testing.assert_close(top.topk.lse[2.0], torch.logsumexp(live / 2.0, dim=-1))
+    assert caches[4].manifest["tokens_per_sample"] == 16
+    student = torch.randn(2, 16, 18)
+    batch = Batch(x, raw.train.y[index], index)
+    ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+    kd = TokenKD(divergence="jsd", T=2.0)
+    from_cache = kd(ModelOutput(student), caches[18].lookup(index, 0), batch, ctx).loss
+    from_live = kd(ModelOutput(student), ModelOutput(live), batch, ctx).loss
+    torch.testing.assert_close(from_cache, from_live)
+    assert not torch.allclose(kd(ModelOutput(student), top, batch, ctx).loss, from_live)  # k = 4: one tail bucket
+
+
+def test_export_writes_a_transformers_folder_that_from_pretrained_loads(tmp_path: Path, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = recipe(tmp_path, teacher=None, method={"name": "ce"}, train={"epochs": 1})
+    assert cli(capsys, "run", str(write_recipe(tmp_path, raw)))[0] == 0
+    code, out, err = cli(capsys, "export", str(tmp_path / "run"), "--format", "transformers")
+    assert code == 0, err
+    assert "top-1 agreement 100.00%" in out
+    folder = tmp_path / "run" / "export" / "transformers"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor([tok("the cat sat on", add_special_tokens=False)["input_ids"]])
+    assert model(input_ids=ids).logits.shape == (1, 4, 18)
+    assert not (tmp_path / "run" / "export" / "transformers.tmp").exists()
+    code, _, err = cli(capsys, "export", str(tmp_path / "run"), "--format", "transformers", "--int8")
+    assert code == 2 and "not a transformers folder" in err

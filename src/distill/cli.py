@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("overrides", nargs="*")
     x = sub.add_parser("export", help="export a finished run's student (parity-checked) and add a deployment table")
     x.add_argument("run_dir", help="a finished run's output directory (holds report.json and student/)")
-    x.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])  # export.FORMATS
+    x.add_argument("--format", required=True,
+                   choices=["safetensors", "torchscript", "onnx", "transformers"])  # export.FORMATS + transformers
     x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the Linear layers")
     return p
 
@@ -120,9 +121,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from distill.export import export_student
 
         e = export_student(args.run_dir, args.format, int8=args.int8)
+        where = "" if e["format"] == "transformers" else f"; deployment table in {Path(args.run_dir) / 'report.md'}"
         print(f"exported {Path(args.run_dir) / 'export' / e['file']} ({e['bytes']:,} bytes): top-1 agreement "
               f"{e['agreement']:.2%} with the PyTorch student on {e['n']} test samples, max |logit diff| "
-              f"{e['max_abs_diff']:.3g}; deployment table in {Path(args.run_dir) / 'report.md'}")
+              f"{e['max_abs_diff']:.3g}{where}")
         return 0
     if args.command == "cache" and args.cache_command == "verify":
         print(commands.verify_cache(args.path, args.recipe, args.overrides))

@@ -75,6 +75,13 @@ class RunContext:
 
 def load_run(run_dir: str | Path) -> RunContext:
     """Rebuild the student of a finished run from its report.json recipe and ``student/model.safetensors``."""
+    run_dir, recipe, data, student, weights = read_run(run_dir)
+    x, y = _parity_inputs(data, recipe.student.inputs), data.test.y[:PARITY_SAMPLES]
+    return RunContext(run_dir, recipe, data, student, weights, x, y, predict(student, x))
+
+
+def read_run(run_dir: str | Path) -> tuple[Path, Recipe, DataSplits, nn.Module, Path]:
+    """(run folder, recipe, data, student in eval mode with its trained weights, weights file) of a finished run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DistillError(f"run directory not found: {run_dir}")
@@ -102,9 +109,7 @@ def load_run(run_dir: str | Path) -> RunContext:
     student = build_arch(recipe.student, data, recipe.seed)
     load_into(student, load_weights(weights), f"student weights {weights}")
     check_classes(data, {"student": recipe.student.inputs}, student=student)
-    student.eval()
-    x, y = _parity_inputs(data, recipe.student.inputs), data.test.y[:PARITY_SAMPLES]
-    return RunContext(run_dir, recipe, data, student, weights, x, y, predict(student, x))
+    return run_dir, recipe, data, student.eval(), weights
 
 
 def _parity_inputs(data: DataSplits, keys: Any) -> Tensor:
@@ -123,8 +128,14 @@ def export_student(run_dir: str | Path, fmt: str, *, int8: bool = False) -> dict
 
     Returns the export entry (format, int8, file, bytes, max_abs_diff, agreement, n, latency, ...).
     """
+    if fmt == "transformers":
+        from distill.export_lm import export_transformers
+
+        if int8:
+            raise DistillError("export --int8 applies to safetensors, torchscript and onnx, not a transformers folder")
+        return export_transformers(run_dir)
     if fmt not in FORMATS:
-        raise DistillError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+        raise DistillError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)}, transformers)")
     if fmt == "onnx":
         require_onnx()  # before the slow part, so a missing extra fails at once
     ctx = load_run(run_dir)
