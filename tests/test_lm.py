@@ -276,3 +276,71 @@ def test_export_writes_a_transformers_folder_that_from_pretrained_loads(tmp_path
     assert not (tmp_path / "run" / "export" / "transformers.tmp").exists()
     code, _, err = cli(capsys, "export", str(tmp_path / "run"), "--format", "transformers", "--int8")
     assert code == 2 and "not a transformers folder" in err
+
+
+def _on_policy(tmp_path: Path, **kw: object) -> tuple:
+    from distill.data.corpus import corpus
+    from distill.models import FrozenTeacher, build_model
+    from distill.strategies.gkd import OnPolicy
+    from distill.types import Batch, StepContext
+
+    raw = corpus(seed=0, path=str(texts(tmp_path / "t", works=3, lines=20)), tokenizer=tokenizer(tmp_path / "tok"),
+                 seq_len=16)
+    torch.manual_seed(0)
+    student = build_model("causal_lm", num_classes=18, input_shape=(16,), config=LLAMA)
+    teacher = FrozenTeacher(build_model("causal_lm", num_classes=18, input_shape=(16,), config=LLAMA))
+    index = torch.arange(4)
+    batch = Batch(raw.train.take(index), raw.train.y[index], index)
+    rewrite = OnPolicy(prompt=6, temperature=1.0, seed=0, teacher=teacher, **kw)  # type: ignore[arg-type]
+    return rewrite, student, teacher, batch, lambda step: StepContext(epoch=0, step=step, epochs=1, steps_per_epoch=9)
+
+
+def test_on_policy_batches_continue_the_prompt_with_the_students_samples(tmp_path: Path) -> None:
+    rewrite, student, _, batch, ctx = _on_policy(tmp_path, lmbda=1.0, seq_kd=False)
+    out = rewrite(student, batch, ctx(0))
+    ids = out.input["input_ids"]
+    assert torch.equal(ids[:, :6], batch.input["input_ids"][:, :6])  # the prompt is kept
+    assert not torch.equal(ids, batch.input["input_ids"])  # the rest is the student's
+    assert (out.target[:, :5] == IGNORE).all() and (out.target[:, 5:] >= 0).all()  # generated tokens count
+    assert torch.equal(out.target[:, :-1][:, 5:], ids[:, 6:])  # targets are the next generated tokens
+    assert out.extras["live_teacher"] and student.training  # scored live; the student's mode is restored
+    assert torch.equal(rewrite(student, batch, ctx(0)).input["input_ids"], ids)  # a function of (seed, step)
+    assert not torch.equal(rewrite(student, batch, ctx(1)).input["input_ids"], ids)
+    off, _, _, _, _ = _on_policy(tmp_path / "off", lmbda=0.0, seq_kd=False)
+    assert off(student, batch, ctx(0)) is batch  # lmbda 0: the dataset's batches
+
+
+def test_sequence_level_kd_trains_on_the_teachers_continuations(tmp_path: Path) -> None:
+    rewrite, student, teacher, batch, ctx = _on_policy(tmp_path, lmbda=0.0, seq_kd=True)
+    out = rewrite(student, batch, ctx(3))
+    expected = rewrite._generate(teacher.model, batch.input["input_ids"], ctx(3))
+    assert torch.equal(out.input["input_ids"], expected[:, :-1])
+
+
+def test_a_gkd_run_resumes_bit_identically_after_kill(tmp_path: Path) -> None:
+    from helpers import killed_then_resumed
+
+    def gkd(d: str) -> Path:
+        raw = recipe(tmp_path / d, lines=1500, strategy={"name": "gkd", "lmbda": 0.5},
+                     method={"name": "token_kd", "divergence": "jsd"}, cache={"k": 4}, train={"epochs": 3})
+        raw["teacher"]["train"]["epochs"] = 1
+        return write_recipe(tmp_path / d, raw)
+
+    killed_then_resumed(gkd("full"), gkd("killed"), tmp_path / "full" / "run", tmp_path / "killed" / "run")
+
+
+@pytest.mark.parametrize(("strategy", "message"), [
+    ({"name": "gkd", "prompt": 40}, "prompt (40 tokens) must be shorter than data.seq_len (32)"),
+    ({"name": "gkd", "lmbda": 2}, "lmbda is the fraction of on-policy batches, in [0, 1]"),
+])
+def test_bad_gkd_settings_are_one_line(tmp_path: Path, capsys, strategy: dict, message: str) -> None:
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, recipe(tmp_path, strategy=strategy))))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_gkd_on_class_data_is_one_line(tmp_path: Path, capsys) -> None:
+    from helpers import digits_recipe
+
+    raw = digits_recipe(tmp_path, strategy={"name": "gkd"})
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 2 and "strategy gkd generates text" in err, err

@@ -171,11 +171,12 @@ def finished_teacher(plan: Plan, role: str = "teacher") -> Trained | None:
 def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False, log: Log = print,
                   notes: list[str] | None = None, role: str = "student", model: nn.Module | None = None,
                   methods: MethodSet | None = None, cache_plan: Plan | None = None,
-                  labelled_only: bool = False) -> Trained:
+                  labelled_only: bool = False, rewrite: Any = None) -> Trained:
     """The distilled student (``model``, default the plan's) from ``teacher``, read from the teacher cache when
     its methods allow it (see ``distill.cache.plan``; ``cache_plan``: the plan whose cache settings and
     location apply, default ``plan``). ``labelled_only``: train on the labelled samples alone, batch for batch what
-    the scratch student sees, instead of the whole training split."""
+    the scratch student sees, instead of the whole training split. ``rewrite``: a strategy's rewrite of each
+    training batch (``FitJob.rewrite``)."""
     methods = plan.methods if methods is None else methods
     cache = prepare_cache(replace(cache_plan or plan, methods=methods), teacher, log=log)
     if notes is not None and cache is not None:
@@ -185,13 +186,14 @@ def train_student(plan: Plan, teacher: nn.Module | None, *, resume: bool = False
     ds, size = training_split(plan.data, labelled_only)
     return train_role(role, plan, plan.student if model is None else model, methods, plan.train, ds,
                       teacher=teacher, cache=cache, resume=resume, log=log, views=views, inputs=plan.student_inputs,
-                      epoch_size=size)
+                      epoch_size=size, rewrite=rewrite)
 
 
 def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, train: TrainSpec, ds: Any, *,
                teacher: nn.Module | None = None, cache: Any = None, resume: bool = False, log: Log = print,
                epoch_size: int | None = None, views: int | None = None, inputs: Keys = None,
-               targets: Any = None, evaluate: Any = None, groups: list[Group] | None = None) -> Trained:
+               targets: Any = None, evaluate: Any = None, groups: list[Group] | None = None,
+               rewrite: Any = None) -> Trained:
     """Train one role into ``<output_dir>/<role>/`` (or pick up its finished result when resuming).
 
     Training batches carry the plan's augmentation (``views``: cycle through that many augmented views
@@ -226,7 +228,7 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
                  evaluate=evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs),
-                 num_classes=plan.data.num_classes, inputs=inputs, targets=targets, groups=groups)
+                 num_classes=plan.data.num_classes, inputs=inputs, targets=targets, groups=groups, rewrite=rewrite)
     history = fit(job)
     on_main(partial(_save_role, out, role, fp, model, history))
     return Trained(model, history, out / "model.safetensors", inputs=inputs)

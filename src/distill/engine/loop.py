@@ -59,6 +59,10 @@ class FitJob:
     inputs: Keys = None  # the fields of a dict input the model reads (the teacher's own are in FrozenTeacher)
     targets: Any = None  # several teachers combined by a strategy (see ``Targets``); replaces teacher/cache
     groups: list[Group] | None = None  # parameters with their own optimizer and schedule (a generator's)
+    # a strategy's rewrite of each training batch before the forward (model, batch, ctx) -> batch: on-policy
+    # distillation trains on the student's own samples; a rewritten batch with extras["live_teacher"] is scored
+    # by the live teacher, never read from the cache (which holds the dataset's rows)
+    rewrite: Callable[[nn.Module, Batch, StepContext], Batch] | None = None
     log: Callable[[str], None] = print
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -253,6 +257,8 @@ def _train_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, params: li
             batch = step.batch(batch, job.device)
             ctx = StepContext(epoch=stage_epoch, step=stage_epoch * n_steps + i, epochs=stage_epochs,
                               steps_per_epoch=n_steps, stage=stage)
+            if job.rewrite is not None:
+                batch = job.rewrite(job.model, batch, ctx)
             out = dist.weight_by_share(step.loss(job, batch, ctx, s_taps, t_taps), share(i))
             if i % acc == 0:
                 opt.zero_grad(set_to_none=True)
@@ -308,7 +314,7 @@ def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> Mod
         return None
     if job.targets is not None:
         return job.targets(batch)
-    if job.cache is not None:
+    if job.cache is not None and not batch.extras.get("live_teacher"):
         return job.cache.lookup(batch.index, batch.view)
     return model_output(job.teacher, batch, taps)
 

@@ -4,7 +4,7 @@ student (Hinton et al. 2015 and every method of ``distill.methods``); the scratc
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distill.strategies.base import STRATEGIES, Log, Strategy
 
@@ -42,7 +42,8 @@ class Offline(Strategy):
                                                notes=notes)
         trained.update(self.baselines(plan, resume=resume, log=log, notes=notes))
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
-                                           labelled_only=self.labelled_only, model=self.initial_student(plan, notes))
+                                           labelled_only=self.labelled_only, model=self.initial_student(plan, notes),
+                                           rewrite=self.rewrite(plan, frozen))
         return finish(plan, trained, frozen if self.teacher_row else None, notes, log)
 
     @property
@@ -56,6 +57,10 @@ class Offline(Strategy):
 
     def initial_student(self, plan: Plan, notes: list[str]) -> nn.Module | None:
         """The distilled student's initial weights; None: the plan's student (as built from the recipe)."""
+        return None
+
+    def rewrite(self, plan: Plan, teacher: nn.Module | None) -> Any:
+        """The rewrite of each of the student's training batches (``FitJob.rewrite``); None: the dataset's."""
         return None
 
     def baselines(self, plan: Plan, *, resume: bool, log: Log, notes: list[str]) -> dict[str, Trained]:
