@@ -2,11 +2,13 @@
 
 For each seed, ``distill run recipes/shakespeare-smollm2.yaml`` (scratch student and distilled student, the same
 student tokens; the teacher's top-32 cache is built by the first seed and shared by the others); then, for
-``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``). Reads each run's
+``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``), and for
+``--gkd-seeds`` on-policy distillation (``strategy=gkd``, generalized JSD; its off-policy batches from the cache).
+Reads each run's
 ``report.json`` and the cache's manifest, prints the table and writes it into docs/BENCHMARKS.md (section
 ``lm``). Run ``make shakespeare`` first.
 
-    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--out runs/lm] [--no-write]
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--out runs/lm] [--no-write]
 """
 
 from __future__ import annotations
@@ -46,13 +48,16 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(seeds: list[dict], live: list[dict], cache: dict, n: int) -> str:
+def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: int) -> str:
     """The Markdown section: rows teacher / scratch / distilled (cached) / distilled (live), then the costs."""
     rows = [("teacher: SmolLM2-135M-Instruct (Q4_1, dequantised)", [r["models"]["teacher"] for r in seeds]),
             ("scratch student (cross-entropy)", [r["models"]["scratch"] for r in seeds]),
             ("distilled student, top-32 cache", [r["models"]["student"] for r in seeds])]
     if live:
         rows.append(("distilled student, live teacher (every logit)", [r["models"]["student"] for r in live]))
+    if gkd:
+        rows.append(("distilled student, GKD (on-policy, lmbda 0.5, JSD beta 0.5)",
+                     [r["models"]["student"] for r in gkd]))
     lines = ["| model | params | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | generation "
              "(tokens/s) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, ms_ in rows:
@@ -82,6 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--live-seeds", type=int, default=1)
+    p.add_argument("--gkd-seeds", type=int, default=1)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
@@ -89,12 +95,12 @@ def main() -> None:
     shared = f"cache.path={out / 'cache'}"
     seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
     live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(a.live_seeds)]
-    for r, c in zip(live, seeds):  # the live runs train no scratch or teacher row of their own
-        r["models"] = {**c["models"], "student": r["models"]["student"]}
+    gkd = [run(out / f"gkd-seed{s}", s, shared, "compare=false", "strategy=gkd",
+               "method={name: token_kd, divergence: jsd, beta: 0.5}")[0] for s in range(a.gkd_seeds)]
     cache = json.loads((out / "cache" / "manifest.json").read_text())
     tokens = cache["fingerprint"]["num_samples"] * cache["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
-            f"--live-seeds {a.live_seeds}\n```\n\n" + table(seeds, live, cache, tokens))
+            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds}\n```\n\n" + table(seeds, live, gkd, cache, tokens))
     print(text)
     if not a.no_write:
         sys.path.insert(0, str(Path(__file__).parent))

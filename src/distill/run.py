@@ -10,11 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.cache import cached_eval_logits, prepare_cache
-from distill.data import BatchLoader, DataSplits, StreamDataset, head
+from distill.data import BatchLoader, DataSplits, head
 from distill.data.loader import token_lengths
 from distill.dry_run import dry_run
 from distill.engine import FitJob, fit
@@ -27,14 +26,13 @@ from distill.engine.dist import (
     main_log,
     on_main,
     rank,
-    sum_across_ranks,
     world_size,
 )
 from distill.engine.optim import Group
 from distill.errors import DistillError
-from distill.evaluate import model_metrics, predict, topk_accuracy
+from distill.evaluate import model_metrics, predict
 from distill.io import load_into, load_weights, read_json, remove_stale_temps, save_weights, write_json
-from distill.lm_eval import data_batch, lm_epoch_eval, lm_metrics
+from distill.lm_eval import lm_metrics
 from distill.methods import MethodSet
 from distill.methods.ce import CE
 from distill.models import Keys
@@ -42,6 +40,7 @@ from distill.plan import Plan, TeacherPart, fingerprint, plan_from_recipe
 from distill.probe import embed, probes
 from distill.recipe import Recipe, TrainSpec
 from distill.report import write_report
+from distill.run_eval import describe_data, epoch_eval, epoch_top1  # noqa: F401  (re-exported)
 
 Log = Callable[[str], None]
 
@@ -251,33 +250,6 @@ def _finished(out: Path, fp: str, model: nn.Module, inputs: Keys = None) -> Trai
     return Trained(model, list(meta["history"]), weights, inputs=inputs)
 
 
-def epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callable[[nn.Module], dict[str, float]]:
-    """The default per-epoch evaluation of a role: top-1 on the validation and test splits (next-token top-1
-    and perplexity for a language model)."""
-    if data.tokens:
-        return partial(lm_epoch_eval, data, batch_size or data_batch(data), inputs)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        return {"val_top1": epoch_top1(model, data.val, batch_size, inputs),
-                "test_top1": epoch_top1(model, data.test, batch_size, inputs)}
-    return evaluate
-
-
-def epoch_top1(model: nn.Module, split: Any, batch_size: int, inputs: Keys = None) -> float:
-    """Top-1 accuracy on ``split``. Under torchrun each rank predicts its own contiguous share and the correct
-    counts are summed: every rank gets the same number, and none waits while another evaluates everything."""
-    if world_size() == 1:
-        return topk_accuracy(predict(model, split, batch_size, inputs), split.y)
-    per = -(-len(split) // world_size())  # ceil: the last ranks may get fewer (or no) rows
-    lo, hi = min(len(split), rank() * per), min(len(split), (rank() + 1) * per)
-    part = split.subset(torch.arange(lo, hi))
-    correct = int((predict(model, part, batch_size, inputs).argmax(dim=1) == part.y).sum()) if hi > lo else 0
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")  # nccl reduces device tensors
-    counts = sum_across_ranks(torch.tensor([correct, hi - lo], dtype=torch.float64, device=device))
-    return float(counts[0] / counts[1])
-
-
 def diagnose(methods: MethodSet, teacher: nn.Module | None, data: DataSplits, log: Log,
              plan: Plan | None = None) -> list[str]:
     """Warnings about the methods' settings for this teacher on 1,024 of its logits (logged): the test logits
@@ -332,15 +304,3 @@ def _evaluate_and_write(plan: Plan, trained: dict[str, Trained], teacher: nn.Mod
 def _main_stage(history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Epochs of the main stage only: a pre-training stage's epochs never count as the best epoch."""
     return [h for h in history if h.get("stage", "main") == "main"] or None
-
-
-def describe_data(data: DataSplits) -> str:
-    """The one-line description of a run's data that every strategy logs first."""
-    labelled = len(data.labelled_train())
-    streamed = ", streamed" if isinstance(data.train, StreamDataset) else ""
-    shape = data.input_shape if isinstance(data.input_shape, dict) else tuple(data.input_shape)
-    if data.tokens:
-        return (f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)} blocks of "
-                f"{data.train.y.shape[1]} tokens, vocabulary {data.num_classes:,}")
-    return (f"data: {data.name} train {len(data.train)} ({labelled} labelled) / val {len(data.val)} / "
-            f"test {len(data.test)}, {data.num_classes} classes, input {shape}{streamed}")

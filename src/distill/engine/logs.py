@@ -42,3 +42,18 @@ class EpochLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def describe_epoch(desc: str, stats: dict[str, Any]) -> str:
+    """The progress line of one finished epoch: loss, validation / test top-1 (and perplexity), speed."""
+    stage = "" if stats["stage"] == "main" else " (pre-training stage)"
+    parts = [f"{desc} epoch {stats['stage_epoch']}/{stats['stage_epochs']}{stage}",
+             f"loss {stats.get('loss', float('nan')):.4f}"]
+    for key in ("val_top1", "test_top1"):
+        if key in stats:
+            parts.append(f"{key.split('_')[0]} {100 * stats[key]:.2f}%")
+            ppl = stats.get(key.replace("top1", "ppl"))
+            if ppl is not None:  # a language model: top-1 is next-token accuracy, and perplexity says more
+                parts[-1] += f" (ppl {ppl:.2f})"
+    parts.append(f"{stats['seconds']:.1f}s ({stats['samples_per_s']:.0f} samples/s)")
+    return "  ".join(parts)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from distill.data.stream import head
 from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from distill.engine.logs import EpochLog
+from distill.engine.logs import EpochLog, describe_epoch
 from distill.engine.meter import Meter, warn_spikes
 from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.engine.outputs import as_fp32, model_output
@@ -101,7 +101,7 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
             stats.update(job.evaluate(model))
         job.history.append(stats)
         dist.on_main(partial(_save_epoch, job, opt, sched, epoch + 1, logger))
-        job.log(_describe(job.desc, stats))
+        job.log(describe_epoch(job.desc, stats))
         warn_spikes(job.desc, job.train.grad_clip, stats, job.log)
     if logger is not None:
         logger.close()
@@ -317,17 +317,3 @@ def _teacher_outputs(job: FitJob, batch: Batch, taps: FeatureTaps | None) -> Mod
     if job.cache is not None and not batch.extras.get("live_teacher"):
         return job.cache.lookup(batch.index, batch.view)
     return model_output(job.teacher, batch, taps)
-
-
-def _describe(desc: str, stats: dict[str, Any]) -> str:
-    stage = "" if stats["stage"] == "main" else " (pre-training stage)"
-    parts = [f"{desc} epoch {stats['stage_epoch']}/{stats['stage_epochs']}{stage}",
-             f"loss {stats.get('loss', float('nan')):.4f}"]
-    for key in ("val_top1", "test_top1"):
-        if key in stats:
-            parts.append(f"{key.split('_')[0]} {100 * stats[key]:.2f}%")
-            ppl = stats.get(key.replace("top1", "ppl"))
-            if ppl is not None:  # a language model: top-1 is next-token accuracy, and perplexity says more
-                parts[-1] += f" (ppl {ppl:.2f})"
-    parts.append(f"{stats['seconds']:.1f}s ({stats['samples_per_s']:.0f} samples/s)")
-    return "  ".join(parts)

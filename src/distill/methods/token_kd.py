@@ -149,18 +149,43 @@ def token_divergence_topk(student_logits: Tensor, values: Tensor, indices: Tenso
     s, weights = _flat(student_logits, mask, T, chunk)
     k = values.shape[-1]
     vals, idx, lse_t = values.reshape(-1, k), indices.reshape(-1, k).long(), lse.reshape(-1)  # (N, k) (N,)
-    tiny = torch.finfo(torch.float32).tiny  # a bucket emptied by rounding: finite logs, no 0 * inf
 
     def pair(s_c: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
-        log_s = F.log_softmax(s_c / T, dim=-1)  # (n, V)
-        i = idx[rows]
-        log_s_top = log_s.gather(1, i)  # (n, k)
-        log_s_rest = log_s.scatter(1, i, float("-inf")).logsumexp(dim=-1, keepdim=True)  # (n, 1)
         log_t_top = vals[rows].float() / T - lse_t[rows, None].float()  # (n, k)
-        t_rest = (1.0 - log_t_top.exp().sum(dim=-1, keepdim=True)).clamp(min=tiny)  # (n, 1)
-        log_s_rest = log_s_rest.clamp(min=math.log(tiny))
-        return torch.cat([log_s_top, log_s_rest], dim=1), torch.cat([log_t_top, t_rest.log()], dim=1)
+        t_rest = (1.0 - log_t_top.exp().sum(dim=-1, keepdim=True)).clamp(min=_TINY)  # (n, 1)
+        return _Buckets.apply(s_c, idx[rows], T), torch.cat([log_t_top, t_rest.log()], dim=1)
     return _Chunked.apply(s, weights, divergence(name, beta, skew), pair, int(chunk))
+
+
+_TINY = torch.finfo(torch.float32).tiny  # a bucket emptied by rounding: finite logs, no 0 * inf
+
+
+class _Buckets(torch.autograd.Function):
+    """(n, V) logits, (n, k) token ids -> (n, k + 1) log-probs at T of those tokens and of the rest (one bucket).
+
+    Its backward is written out, so a chunk costs two passes over (n, V) each way instead of autograd's chain of
+    log-softmax, scatter and log-sum-exp: with q = softmax(s / T), buckets Q_c and g_c = dL / dlog Q_c,
+    dL / ds_v = q_v (g_c(v) / Q_c(v) - sum_c g_c) / T."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, idx: Tensor, T: float) -> Tensor:  # type: ignore[override]
+        lse = torch.logsumexp(s / T, dim=-1, keepdim=True)  # (n, 1)
+        log_top = s.gather(1, idx) / T - lse  # (n, k)
+        rest = (1.0 - log_top.exp().sum(dim=-1, keepdim=True)).clamp(min=_TINY)  # (n, 1)
+        out = torch.cat([log_top, rest.log()], dim=1)  # (n, k + 1)
+        ctx.save_for_backward(s, idx, lse, out)
+        ctx.T = T
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        s, idx, lse, out = ctx.saved_tensors
+        T = ctx.T
+        total = g.sum(dim=-1, keepdim=True)  # (n, 1)
+        h = g / out.exp()  # (n, k + 1): g_c / Q_c
+        grad = torch.exp(s / T - lse).mul_((h[:, -1:] - total) / T)  # (n, V): every token as if in the rest
+        top = out[:, :-1].exp()  # (n, k)
+        return grad.scatter_(1, idx, top * (h[:, :-1] - total) / T), None, None
 
 
 @METHODS.register("token_kd")
