@@ -344,3 +344,97 @@ def test_gkd_on_class_data_is_one_line(tmp_path: Path, capsys) -> None:
     raw = digits_recipe(tmp_path, strategy={"name": "gkd"})
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     assert code == 2 and "strategy gkd generates text" in err, err
+
+
+def char_tokenizer(folder: Path) -> str:
+    """A character-level tokenizer (another vocabulary and segmentation than ``tokenizer``'s words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(" \n".join(WORDS)))
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(["[PAD]", "[UNK]", *chars])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(folder)
+    return str(folder)
+
+
+def test_two_tokenisations_align_where_both_have_read_the_same_text(tmp_path: Path) -> None:
+    from distill.data.corpus import corpus
+    from distill.data.text import load_tokenizer
+
+    chars, words = char_tokenizer(tmp_path / "chars"), tokenizer(tmp_path / "words")
+    raw = corpus(seed=0, path=str(texts(tmp_path / "t", works=3, lines=30)), seq_len=24,
+                 tokenizers={"teacher": words, "student": chars})
+    x = raw.train.x
+    assert raw.num_classes == len(load_tokenizer(chars)) and raw.train.y.shape == x["student.input_ids"].shape
+    s_tok, t_tok = load_tokenizer(chars), load_tokenizer(words)
+    checked = 0
+    for b in range(len(raw.train)):
+        text = "".join(s_tok.convert_ids_to_tokens(x["student.input_ids"][b].tolist()))
+        nxt = text[1:] + s_tok.convert_ids_to_tokens(int(raw.train.y[b, -1]))
+        t_ids = x["teacher.input_ids"][b][x["teacher.attention_mask"][b].bool()]
+        t_words = t_tok.convert_ids_to_tokens(t_ids.tolist())
+        cut = next(k for k, c in enumerate(text) if not c.isalpha())  # a block may start inside a word whose
+        for j, i in enumerate(x["align"][b].tolist()):  # start (and so its teacher token) lies before the block
+            if j < cut:  # aligned only if the block starts at that word's start: then at its end, to the word
+                assert i == -1 or (j == cut - 1 and t_words[i] == text[:cut])
+                continue
+            ends_word = text[j].isalpha() and not nxt[j].isalpha()
+            assert (i >= 0) == ends_word  # a word-level teacher has read the same text exactly at word ends
+            if i >= 0:
+                assert text[: j + 1].split()[-1] == t_words[i]  # ... and its token there is that word
+                checked += 1
+    assert checked > 50
+
+
+def test_uld_compares_sorted_probabilities_across_vocabularies() -> None:
+    from distill.methods.uld import ULD, uld_loss
+    from distill.types import Batch, ModelOutput, StepContext
+
+    s, t = torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[0.0, 3.0, 1.0, -1.0, 0.5]])
+    p_s = torch.softmax(s, -1).sort(descending=True).values
+    p_t = torch.softmax(t, -1).sort(descending=True).values
+    expected = (torch.cat([p_s, torch.zeros(1, 2)], 1) - p_t).abs().sum()
+    torch.testing.assert_close(uld_loss(s, t), expected)
+    assert float(uld_loss(t, t)) == 0.0 and float(uld_loss(t[:, [1, 0, 4, 2, 3]], t)) < 1e-7  # order-free
+    ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+    # token logits without an alignment pair by index over the shorter sequence, as the reference code does
+    s3, t3 = torch.randn(2, 4, 3), torch.randn(2, 6, 5)
+    y = torch.tensor([[1, 2, 0, IGNORE], [0, 1, 2, 1]])
+    out = ULD(alpha=0.0)(ModelOutput(s3), ModelOutput(t3), Batch({"input_ids": torch.zeros(2, 4)}, y, torch.arange(2)),
+                         ctx)
+    rows = (y >= 0).nonzero(as_tuple=True)
+    torch.testing.assert_close(out.terms["uld"], uld_loss(s3[rows], t3[rows]))
+    align = torch.tensor([[5, -1, 0, 1], [-1, -1, 3, 3]])
+    out = ULD(alpha=0.0)(ModelOutput(s3), ModelOutput(t3), Batch({"align": align}, y, torch.arange(2)), ctx)
+    pairs = [(0, 0, 5), (0, 2, 0), (1, 2, 3), (1, 3, 3)]  # (row, student position, teacher position)
+    torch.testing.assert_close(out.terms["uld"], uld_loss(torch.stack([s3[b, j] for b, j, _ in pairs]),
+                                                          torch.stack([t3[b, i] for b, _, i in pairs])))
+
+
+def test_a_student_with_its_own_tokenizer_distils_through_uld(tmp_path: Path, capsys) -> None:
+    import json
+
+    teacher = recipe(tmp_path / "t", method={"name": "ce"})  # a word-level teacher trained on the same texts
+    assert cli(capsys, "teacher", str(write_recipe(tmp_path / "t", teacher)))[0] == 0
+    raw = recipe(tmp_path, method={"name": "uld"})
+    words = raw["data"].pop("tokenizer")
+    raw["data"]["tokenizers"] = {"teacher": words, "student": char_tokenizer(tmp_path / "chars")}
+    raw["teacher"] = {**raw["teacher"], "inputs": "teacher", "classes": 18,
+                      "weights": str(tmp_path / "t" / "run" / "teacher" / "model.safetensors")}
+    raw["teacher"].pop("train")
+    raw["student"] = {**raw["student"], "inputs": "student",
+                      "config": {**LLAMA, "num_hidden_layers": 1, "max_position_embeddings": 128}}
+    raw["data"]["seq_len"] = 96
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    assert code == 0, err
+    models = json.loads((tmp_path / "run" / "report.json").read_text())["models"]
+    assert models["teacher"].get("ppl") is None  # its own tokenisation: no comparable perplexity
+    assert 1.0 < models["student"]["ppl"] < 30.0 and models["student"]["agreement"] is None
+    (tmp_path / "run2").mkdir()
+    raw["method"] = {"name": "token_kd"}
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path / "run2", raw)))
+    assert code == 2 and "compare teacher and student over one vocabulary" in err
+    raw["method"], raw["teacher"] = {"name": "uld"}, {**raw["teacher"], "weights": None, "train": {"epochs": 1}}
+    code, _, err = cli(capsys, "run", str(write_recipe(tmp_path / "run2", raw)))
+    assert code == 2 and "a teacher trained here cannot learn" in err

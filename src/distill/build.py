@@ -41,7 +41,9 @@ def build_arch(spec: ModelSpec, data: DataSplits, seed: int) -> nn.Module:
                                f"{sorted(data.input_shape)}: set its 'inputs' to one key")
         # these models read dicts and are built from their own arguments; the token ids' shape, (S,), is the
         # one they may check (a sequence longer than a language model's context)
-        shape = next((tuple(v) for k, v in data.input_shape.items() if k.endswith("input_ids")), (1,))
+        prefix = f"{spec.inputs}." if isinstance(spec.inputs, str) else ""
+        shape = next((tuple(v) for k, v in data.input_shape.items() if k.endswith("input_ids")
+                      and k.startswith(prefix)), (1,))
     if spec.resize is not None:  # a teacher of another domain sees inputs resized to its own size
         shape = (*shape[:-len(spec.resize)], *spec.resize)
     torch.manual_seed(seed)
@@ -113,7 +115,8 @@ def check_classes(data: DataSplits, inputs: dict[str, Keys] | None = None, **mod
     keys = inputs or {}
     counts = {role: output_classes(m, data, keys.get(role), role) for role, m in models.items()}
     if data.tokens:
-        return _check_vocabularies(data, counts)
+        return _check_vocabularies(data, counts if not data.paired else {k: v for k, v in counts.items()
+                                                                          if k != "teacher"})
     if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
         raise DistillError(f"teacher and student disagree on the number of classes: teacher outputs "
                            f"{counts['teacher']}, student outputs {counts['student']} "
@@ -133,7 +136,8 @@ def _check_vocabularies(data: DataSplits, counts: dict[str, int]) -> None:
     if "teacher" in counts and "student" in counts and counts["teacher"] != counts["student"]:
         raise DistillError(f"teacher and student vocabularies differ (teacher {counts['teacher']:,} tokens, student "
                            f"{counts['student']:,}): token-level distillation compares distributions over one "
-                           "vocabulary; build the student with the teacher's (config vocab_size)")
+                           "vocabulary; build the student with the teacher's (config vocab_size), or give each its "
+                           "tokenizer (data.tokenizers: {teacher: A, student: B}) and use method uld")
 
 
 def build_methods(recipe: Recipe) -> MethodSet:

@@ -90,18 +90,25 @@ def lm_epoch_eval(data: DataSplits, batch_size: int, inputs: Keys, model: nn.Mod
 
 def lm_metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None) -> dict[str, dict[str, Any]]:
     """Test metrics of every trained language model: perplexity, next-token top-1 (last / best epoch), agreement
-    of its arg-max token with the teacher's, parameters, size and generation speed (``eval.latency``)."""
+    of its arg-max token with the teacher's, parameters, size and generation speed (``eval.latency``). When the
+    teacher reads its own tokenisation (``data.paired``), its perplexity and the agreement are not comparable with
+    the students' and are left out."""
     from distill.evaluate import _from_history
     from distill.run import _main_stage as main_stage
 
     test, bs = plan.data.test, plan.eval_batch_size or data_batch(plan.data)
-    t_scores, ref = token_scores(teacher, test, bs) if teacher is not None else (None, None)  # the teacher runs once
-    prompt = test.take(torch.arange(1))["input_ids" if "input_ids" in test.x else next(iter(test.x))][:, :16]
+    scored = teacher is not None and not plan.data.paired
+    t_scores, ref = token_scores(teacher, test, bs) if scored else (None, None)  # the teacher runs once
+    first = test.take(torch.arange(1))
     models: dict[str, dict] = {}
     for role, t in trained.items():
         model, keys = (t.frozen, None) if t.frozen is not None else (t.model, t.inputs)
-        scores = {**t_scores, "agreement": 1.0} if model is teacher and t_scores else \
-            token_scores(model, test, bs, keys, reference=ref)[0]
+        if model is teacher:
+            scores = {**t_scores, "agreement": 1.0} if t_scores else {"top1": None}
+            keys = getattr(plan.teacher, "inputs", None)
+        else:
+            scores = token_scores(model, test, bs, keys, reference=ref)[0]
+        prompt = _ids(first, keys)[:, :16]
         history = main_stage(t.history)
         last, best, epoch = _from_history(history) if history else (None, None, None)
         models[role] = {**scores, "top1_last": scores["top1"] if last is None else last,
@@ -110,3 +117,9 @@ def lm_metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | Non
                         "size_bytes": t.weights.stat().st_size if t.weights is not None else None,
                         "tokens_per_s": generation_speed(t.model, prompt) if plan.latency else None}
     return models
+
+
+def _ids(x: dict[str, Tensor], keys: Any) -> Tensor:
+    """The token ids a model reading ``keys`` (None, or a prefix such as ``teacher``) gets from input ``x``."""
+    prefix = f"{keys}." if isinstance(keys, str) else ""
+    return next(v for k, v in x.items() if k.endswith("input_ids") and k.startswith(prefix))

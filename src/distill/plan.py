@@ -18,6 +18,7 @@ from torch import nn
 
 from distill.build import build_arch, build_augment, build_methods, load_data, load_model_weights
 from distill.data import Augment, DataSplits
+from distill.errors import DistillError
 from distill.methods import MethodSet
 from distill.models import FrozenTeacher, Keys
 from distill.recipe import CacheSpec, ModelSpec, Recipe, TrainSpec
@@ -104,7 +105,12 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
     methods = build_methods(recipe)
     if data.tokens:
         methods.require_token_level()
+        methods.check_tokenizers(data.paired)
     teacher = teacher_part(recipe.teacher, data, recipe.seed, recipe.train) if recipe.teacher else None
+    if data.paired and teacher is not None and teacher.train is not None:
+        raise DistillError("teacher: with two tokenizers (data.tokenizers) the dataset's targets are the student's "
+                           "tokens, which a teacher trained here cannot learn; give it trained weights (weights, or "
+                           "pretrained: true)")
     teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
     # each peer starts from its own initialisation: identical students would stay identical under mutual learning
     peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs)

@@ -108,6 +108,11 @@ class DataSplits:
         """True for a language-model corpus: targets per token, (N, S), logits (B, S, V)."""
         return self.test.y.ndim == 2
 
+    @property
+    def paired(self) -> bool:
+        """True when teacher and student read two tokenisations of one text, aligned (``corpus_pair``)."""
+        return isinstance(self.input_shape, dict) and "align" in self.input_shape
+
     def labelled_train(self) -> Any:
         """Only the labelled part of train: what a student trained from scratch sees."""
         if self.train.y.ndim == 2:

@@ -34,14 +34,19 @@ _SPLIT_SEED = 0
 
 
 @DATASETS.register("corpus")
-def corpus(*, seed: int, path: str, tokenizer: str, seq_len: int = 128, pattern: str = "*.txt",
-           exclude: list[str] | None = None, holdout: float = 0.1, train_tokens: int | None = None,
-           eval_tokens: int | None = 16384) -> RawSplits:
+def corpus(*, seed: int, path: str, tokenizer: str | None = None, tokenizers: dict[str, str] | None = None,
+           seq_len: int = 128, pattern: str = "*.txt", exclude: list[str] | None = None, holdout: float = 0.1,
+           train_tokens: int | None = None, eval_tokens: int | None = 16384) -> RawSplits:
     """The ``pattern`` files (minus those matching a pattern of ``exclude``) of folder or archive ``path`` as
     blocks of ``seq_len`` tokens of ``tokenizer`` (a local transformers tokenizer folder, or a ``.gguf`` file
     whose tokenizer transformers reads), split by document (module docstring). ``num_classes`` is the
-    tokenizer's vocabulary size."""
+    tokenizer's vocabulary size. ``tokenizers: {teacher: A, student: B}``: two tokenisations of the same text
+    (``distill.data.corpus_pair``), for a teacher and student with different vocabularies."""
     from distill.data.text import load_tokenizer
+
+    if (tokenizer is None) == (tokenizers is None):
+        raise DistillError("dataset 'corpus': give exactly one of 'tokenizer' or 'tokenizers' ({teacher: A, "
+                           "student: B}: a teacher and a student with different vocabularies)")
 
     check_int("data.seq_len (corpus)", seq_len, minimum=2)
     for key, value in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens)):
@@ -50,6 +55,10 @@ def corpus(*, seed: int, path: str, tokenizer: str, seq_len: int = 128, pattern:
     if not 0.0 < holdout < 1.0:
         raise DistillError(f"data.holdout (corpus): a fraction in (0, 1), got {holdout!r}")
     docs = read_documents(path, pattern, exclude or [])
+    if tokenizers is not None:
+        from distill.data.corpus_pair import paired_corpus
+
+        return paired_corpus(split_documents(docs, holdout), tokenizers, seq_len, (train_tokens, eval_tokens))
     tok = load_tokenizer(path=tokenizer)
     parts = [_ids(tok, texts) for texts in split_documents(docs, holdout)]
     caps = (train_tokens, eval_tokens, eval_tokens)
@@ -130,6 +139,14 @@ def _pad_id(tok: object) -> int:
     return int(pad) if pad is not None else 0
 
 
+def capped(n: int, seq_len: int, cap: int | None) -> Tensor | None:
+    """The blocks a cap of ``cap`` tokens keeps of ``n``, drawn evenly with a fixed seed (sorted); None: all."""
+    keep = cap // seq_len if cap is not None else n
+    if keep >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED))[:keep].sort().values
+
+
 def blocks(ids: Tensor, seq_len: int, cap: int | None, pad_id: int) -> ArrayDataset:
     """(L,) token ids -> blocks of ``seq_len`` inputs and next-token targets, the last one padded; at most
     ``cap`` tokens (whole blocks, drawn evenly over the split with a fixed seed) when given."""
@@ -144,8 +161,5 @@ def blocks(ids: Tensor, seq_len: int, cap: int | None, pad_id: int) -> ArrayData
     inputs = x[:-1].view(n, seq_len)  # (N, S)
     ds = ArrayDataset({"input_ids": inputs, "attention_mask": mask[:-1].view(n, seq_len)},
                       y[1:].view(n, seq_len))  # (N, S) next tokens
-    keep = cap // seq_len if cap is not None else n
-    if keep >= n:
-        return ds
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(_SPLIT_SEED))[:keep].sort().values  # (keep,)
-    return ds.subset(pick)
+    pick = capped(n, seq_len, cap)  # (keep,)
+    return ds if pick is None else ds.subset(pick)

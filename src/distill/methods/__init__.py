@@ -27,6 +27,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     tfkd,
     tinybert,
     token_kd,
+    uld,
     vid,
 )
 from distill.methods.ab import AB
@@ -55,12 +56,13 @@ from distill.methods.rkd import RKD
 from distill.methods.sp import SP
 from distill.methods.tfkd import TfKD
 from distill.methods.tinybert import TinyBERT
+from distill.methods.uld import ULD
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
            "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "EmbeddingDistillation", "FitNet", "FSP", "FT", "HKD",
            "IRG", "KD", "KDSVD",
-           "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "TinyBERT", "VID"]
+           "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "TinyBERT", "ULD", "VID"]
 
 
 def build_method(name: str, **kwargs: object) -> Method:

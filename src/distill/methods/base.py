@@ -29,6 +29,7 @@ class Method(nn.Module):
     teacher_key: str | None = None  # with several teachers: the one this method reads (None: the ensemble)
     auto_layers: ClassVar[str | None] = None  # what ``layers: auto`` taps (a kind of ``distill.stages.KINDS``)
     token_level: ClassVar[bool] = False  # takes a language model's (B, S, V) logits with (B, S) targets
+    cross_tokenizer: ClassVar[bool] = False  # teacher and student logits may have different vocabularies
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Method:
         # Remember the constructor's arguments, so a method object built in Python can be written back as a
@@ -144,6 +145,14 @@ class MethodSet(nn.Module):
         if other := [type(m).__name__.lower() for m in self.methods if not m.token_level]:
             raise DistillError(f"method(s) {', '.join(other)} work on class logits (B, C); this dataset predicts "
                                "tokens, (B, S, V) logits: use token_kd (and ce)")
+
+    def check_tokenizers(self, paired: bool) -> None:
+        """``paired``: teacher and student read two tokenisations (different vocabularies): every teacher-using
+        method must compare across vocabularies; without them, a cross-tokenizer method has nothing to align."""
+        users = [m for m in self.methods if m.needs.teacher]
+        if paired and (same := [type(m).__name__.lower() for m in users if not m.cross_tokenizer]):
+            raise DistillError(f"method(s) {', '.join(same)} compare teacher and student over one vocabulary, but "
+                               "the data gives each its own tokenizer (data.tokenizers): use uld")
 
     def without_topk(self, num_classes: int, k: int) -> list[str]:
         """Names of the teacher-using methods that cannot train on a top-k cache (k < num_classes)."""
