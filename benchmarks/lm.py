@@ -4,11 +4,12 @@ For each seed, ``distill run recipes/shakespeare-smollm2.yaml`` (scratch student
 student tokens; the teacher's top-32 cache is built by the first seed and shared by the others); then, for
 ``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``), and for
 ``--gkd-seeds`` on-policy distillation (``strategy=gkd``, generalized JSD; its off-policy batches from the cache).
-Reads each run's
+For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``: a WordPiece
+student, method ``uld``) with its own scratch student. Reads each run's
 ``report.json`` and the cache's manifest, prints the table and writes it into docs/BENCHMARKS.md (section
 ``lm``). Run ``make shakespeare`` first.
 
-    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--out runs/lm] [--no-write]
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--uld-seeds 1] [--out runs/lm] [--no-write]
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/shakespeare-smollm2.yaml"
 
 
-def run(out: Path, seed: int, *extra: str) -> tuple[dict, float]:
+def run(out: Path, seed: int, *extra: str, recipe: str = RECIPE) -> tuple[dict, float]:
     """One `distill run` (skipped when its report exists); its report and wall seconds."""
     report = out / "report.json"
     start = time.perf_counter()
     if not report.is_file():
-        cmd = [sys.executable, "-m", "distill.cli", "run", RECIPE, f"seed={seed}", f"output_dir={out}", *extra]
+        cmd = [sys.executable, "-m", "distill.cli", "run", recipe, f"seed={seed}", f"output_dir={out}", *extra]
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads(report.read_text()), time.perf_counter() - start
@@ -56,7 +57,7 @@ def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: 
     if live:
         rows.append(("distilled student, live teacher (every logit)", [r["models"]["student"] for r in live]))
     if gkd:
-        rows.append(("distilled student, GKD (on-policy, lmbda 0.5, JSD beta 0.5)",
+        rows.append(("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 + CE)",
                      [r["models"]["student"] for r in gkd]))
     lines = ["| model | params | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | generation "
              "(tokens/s) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -83,11 +84,27 @@ def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: 
     return "\n".join(lines)
 
 
+def uld_table(runs: list[dict]) -> str:
+    """Cross-tokenizer rows: the WordPiece student trained alone and distilled through ULD (same tokens)."""
+    lines = ["| model (student tokenizer: all-MiniLM-L6-v2's WordPiece, 30,522) | params | perplexity | next-token "
+             "top-1 (%) | seeds |", "|---|---:|---:|---:|---:|"]
+    for name, role in (("scratch student (cross-entropy)", "scratch"), ("ULD student (SmolLM2 teacher)", "student")):
+        ms_ = [r["models"][role] for r in runs]
+        lines.append(f"| {name} | {ms_[0]['params']:,} | {ms([m['ppl'] for m in ms_])} | "
+                     f"{ms([m['top1_last'] for m in ms_], 100)} | {len(ms_)} |")
+    ratio = [r["models"]["student"]["ppl"] / r["models"]["scratch"]["ppl"] for r in runs]
+    step = [epoch_seconds(r, "student") / epoch_seconds(r, "scratch") for r in runs]
+    return "\n".join(lines + ["", f"- ULD / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: "
+                              f"{', '.join(f'{x:.3f}' for x in ratio)}); a ULD epoch (live teacher) takes "
+                              f"{ms(step, 1, 2)}x a scratch epoch."])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--live-seeds", type=int, default=1)
     p.add_argument("--gkd-seeds", type=int, default=1)
+    p.add_argument("--uld-seeds", type=int, default=1)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
@@ -96,11 +113,15 @@ def main() -> None:
     seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
     live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(a.live_seeds)]
     gkd = [run(out / f"gkd-seed{s}", s, shared, "compare=false", "strategy=gkd",
-               "method={name: token_kd, divergence: jsd, beta: 0.5}")[0] for s in range(a.gkd_seeds)]
+               "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 0.5, weight: 0.5}")[0]
+           for s in range(a.gkd_seeds)]
+    uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
+           for s in range(a.uld_seeds)]
     cache = json.loads((out / "cache" / "manifest.json").read_text())
     tokens = cache["fingerprint"]["num_samples"] * cache["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
-            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds}\n```\n\n" + table(seeds, live, gkd, cache, tokens))
+            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds} --uld-seeds {a.uld_seeds}\n```\n\n"
+            + table(seeds, live, gkd, cache, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
     print(text)
     if not a.no_write:
         sys.path.insert(0, str(Path(__file__).parent))
