@@ -54,17 +54,17 @@ def _stop_after(spec: str) -> None:
     from helpers import track_dry_run
 
     role, epoch = spec.split(":")
-    describe = loop._describe
+    describe = loop.describe_epoch
     rehearsing = track_dry_run()
 
     def stop(desc: str, stats: dict) -> str:
-        # every rank calls _describe after rank 0's checkpoint of that epoch is on disk (not in the dry run)
+        # every rank calls describe_epoch after rank 0's checkpoint of that epoch is on disk (not in the dry run)
         if desc == role and stats["epoch"] == int(epoch) and not rehearsing[0]:
             sys.stdout.flush()
             os._exit(3)
         return describe(desc, stats)
 
-    loop._describe = stop
+    loop.describe_epoch = stop
 
 
 if __name__ == "__main__":

@@ -102,3 +102,32 @@ def track_dry_run(monkeypatch=None) -> list[bool]:  # noqa: ANN001
     else:
         monkeypatch.setattr(run_module, "dry_run", dry)
     return flag
+
+
+def tiny_lm_parts(tmp: Path) -> dict:
+    """Recipe parts of a tiny language-model run: a word-level tokenizer, six short documents of a small grammar
+    (``corpus`` data), a 2-layer Llama teacher trained here and a 1-layer Llama student, ``token_kd``."""
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the cat sat on a mat and dog ran to big red house in sun".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                            eos_token="[EOS]").save_pretrained(tmp / "tok")
+    rng = random.Random(0)
+    (tmp / "texts").mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        lines = [f"the {a} sat on {b} and the {b} ran to {a}"
+                 for a, b in ((rng.choice(words[:4]), rng.choice(words[4:])) for _ in range(100))]
+        (tmp / "texts" / f"work{i}.txt").write_text("\n".join(lines))
+    llama = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}
+    return {"data": {"name": "corpus", "path": str(tmp / "texts"), "tokenizer": str(tmp / "tok"), "seq_len": 32,
+                     "batch_size": 8},
+            "teacher": {"name": "causal_lm", "config": llama, "train": {"epochs": 1}},
+            "student": {"name": "causal_lm", "config": {**llama, "num_hidden_layers": 1}},
+            "method": {"name": "token_kd"}}

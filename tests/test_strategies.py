@@ -22,7 +22,7 @@ from distill.strategies import STRATEGIES
 from distill.strategies.ensemble import WEIGHTINGS, ensemble_logits, teacher_weights
 from distill.strategies.mutual import Cohort, PeerMethods
 from distill.types import Batch, StepContext
-from helpers import cli, digits_recipe, killed_then_resumed, write_recipe
+from helpers import cli, digits_recipe, killed_then_resumed, tiny_lm_parts, write_recipe
 
 TEACHER = {"name": "mlp", "hidden": [64], "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.003}}}
 
@@ -370,6 +370,7 @@ E2E = {
                    ["scratch", "student"]),
     "data_free": ({"teacher": {"name": "mlp", "hidden": [64], "weights": "TEACHER_OF_0_TO_9"}},
                   ["teacher", "scratch", "student"]),
+    "gkd": ({}, ["teacher", "scratch", "student"]),  # with a tiny language model (tiny_lm_parts)
 }
 
 
@@ -392,6 +393,9 @@ def test_every_strategy_runs_end_to_end_with_its_defaults(tmp_path: Path, capsys
     if name == "data_free":
         weights = _teacher_of_another_task(tmp_path, list(range(10)), hidden=64)
         changes = {**changes, "teacher": {**changes["teacher"], "weights": weights}}
+    if name == "gkd":  # on-policy distillation generates text: a tiny language model on a tiny corpus
+        pytest.importorskip("transformers", reason="the lm extra (transformers) is not installed")
+        changes = {**changes, **tiny_lm_parts(tmp_path)}
     raw = _recipe(tmp_path, **{**changes, "strategy": name, "train": {"epochs": 1, "optimizer": {"name": "adam"}}})
     code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
     assert code == 0, err

@@ -213,7 +213,9 @@ def summary(cache: TeacherCache) -> str:
     m = cache.manifest
     fp = m["fingerprint"]
     total = sum(info["bytes"] for info in m["files"].values())
-    return (f"teacher cache {cache.path}: OK - {fp['num_samples']} samples x {cache.views} view(s), "
+    tokens = m.get("tokens_per_sample")
+    per = f" of {tokens} tokens ({m['bytes_per_sample_view'] // tokens} bytes per token)" if tokens else ""
+    return (f"teacher cache {cache.path}: OK - {fp['num_samples']} samples{per} x {cache.views} view(s), "
             f"{cache.num_classes} classes, k={cache.k} ({fp['dtype']}), temperatures "
             f"{', '.join(f'{t:g}' for t in cache.temperatures)}; {m['bytes_per_sample_view']} bytes per sample "
             f"per view, {total / 1e6:.2f} MB on disk, built in {m['build_seconds']:.1f}s; teacher "
