@@ -19,7 +19,9 @@ the value is the divergence itself and the gradient is the same.
 Memory: at a vocabulary of 49,152 one token's fp32 softmax is 192 KiB, so a (batch x sequence, V) pair of them
 is what explodes. ``token_divergence`` computes tokens in chunks of ``chunk`` rows and, while it has a chunk's
 softmaxes, also that chunk's gradient; it keeps only the gradient (in the logits' dtype, the size of the logits
-themselves). So at most one chunk of (chunk, V) fp32 temporaries exists at a time, backward included.
+themselves). So at most one chunk of (chunk, V) fp32 temporaries exists at a time, backward included. A chunk
+is also kept under 16 MiB per fp32 temporary (64 tokens at V = 49,152): pieces that size are reused by the C
+allocator, while larger ones are mapped afresh and page-faulted in on every use.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ DIVERGENCES = ("fkl", "rkl", "jsd", "tv", "skl", "srkl")
 
 
 Pair = Callable[[Tensor, slice], tuple[Tensor, Tensor]]  # (n, V) fp32 student logits of rows -> both log-probs
+CHUNK_BYTES = 16 << 20  # the most one (chunk, V) fp32 temporary may take (module docstring)
 
 
 class _Chunked(torch.autograd.Function):
@@ -90,6 +93,7 @@ class _Chunked(torch.autograd.Function):
                 chunk: int) -> Tensor:
         total = torch.zeros((), dtype=torch.float32, device=s.device)
         grad = torch.zeros_like(s) if ctx.needs_input_grad[0] else None  # (N, V), the logits' dtype
+        chunk = max(1, min(chunk, CHUNK_BYTES // (4 * s.shape[-1])))
         for lo in range(0, s.shape[0], chunk):
             rows = slice(lo, lo + chunk)
             w = weights[rows]
@@ -169,7 +173,7 @@ class _Buckets(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, idx: Tensor, T: float) -> Tensor:  # type: ignore[override]
-        lse = torch.logsumexp(s / T, dim=-1, keepdim=True)  # (n, 1)
+        lse = torch.logsumexp(s / T if T != 1.0 else s, dim=-1, keepdim=True)  # (n, 1)
         log_top = s.gather(1, idx) / T - lse  # (n, k)
         rest = (1.0 - log_top.exp().sum(dim=-1, keepdim=True)).clamp(min=_TINY)  # (n, 1)
         out = torch.cat([log_top, rest.log()], dim=1)  # (n, k + 1)
@@ -183,7 +187,7 @@ class _Buckets(torch.autograd.Function):
         T = ctx.T
         total = g.sum(dim=-1, keepdim=True)  # (n, 1)
         h = g / out.exp()  # (n, k + 1): g_c / Q_c
-        grad = torch.exp(s / T - lse).mul_((h[:, -1:] - total) / T)  # (n, V): every token as if in the rest
+        grad = (s / T if T != 1.0 else s).sub(lse).exp_().mul_((h[:, -1:] - total) / T)  # (n, V): all in the rest
         top = out[:, :-1].exp()  # (n, k)
         return grad.scatter_(1, idx, top * (h[:, :-1] - total) / T), None, None
 
@@ -192,7 +196,7 @@ class _Buckets(torch.autograd.Function):
 class TokenKD(Method):
     """Token-level KD with a choice of divergence (module docstring): ``divergence`` one of fkl, rkl, jsd, tv,
     skl, srkl; ``beta`` GKD's JSD mixture; ``skew`` DistiLLM's skew; ``T`` temperature (no T^2 factor);
-    ``weight`` the divergence term's weight; ``alpha`` a cross-entropy term on the labels (0 by default: GKD and
+    ``alpha`` a cross-entropy term on the labels, relative to the divergence's 1 (0 by default: GKD and
     DistiLLM train on the divergence alone); ``chunk`` tokens per chunk of fp32 work.
 
     Logits (B, C) count every sample (labelled or not); logits (B, S, V) with targets (B, S) count the positions
@@ -203,7 +207,7 @@ class TokenKD(Method):
     token_level = True
 
     def __init__(self, divergence: str = "fkl", T: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                 weight: float = 1.0, alpha: float = 0.0, chunk: int = 256) -> None:
+                 alpha: float = 0.0, chunk: int = 256) -> None:
         super().__init__()
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
@@ -212,7 +216,7 @@ class TokenKD(Method):
         if T <= 0 or chunk < 1:
             raise ValueError("T must be positive and chunk at least 1")
         self.divergence, self.T, self.beta, self.skew = divergence, T, beta, skew
-        self.weight, self.alpha, self.chunk = weight, alpha, chunk
+        self.alpha, self.chunk = alpha, chunk
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "token_kd needs teacher outputs"
@@ -221,10 +225,10 @@ class TokenKD(Method):
         opts = dict(name=self.divergence, mask=mask, T=self.T, beta=self.beta, skew=self.skew, chunk=self.chunk)
         if t.topk is not None and not t.topk.dense:  # a sparse teacher cache: exact on top-k plus the tail
             top = t.topk
-            div = self.weight * token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)],
+            div = token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)],
                                                       **opts)
         else:
-            div = self.weight * token_divergence(s.logits, t.logits, **opts)
+            div = token_divergence(s.logits, t.logits, **opts)
         terms = {self.divergence: div}
         if self.alpha:
             terms["ce"] = self.alpha * (

@@ -9,8 +9,8 @@ the two sequences by index (done here too when the batch has no alignment); with
 with ``tokenizers: {teacher: A, student: B}``, ``distill.data.corpus_pair``) a position pairs with the teacher's
 that has read exactly the same text, so the two distributions are about the same continuation. Class logits
 (B, C_s) and (B, C_t) pair by sample: ULD also distils between classifiers with different class counts.
-Defaults are the reference's: cross-entropy weight 1 (``alpha``), distillation weight 1 (``weight``), both
-temperatures 1 (``T``).
+Defaults are the reference's: cross-entropy weight 1 (``alpha``), distillation weight 1 (``distillation_weight``),
+both temperatures 1 (``T``). (A method entry's own ``weight`` in a recipe scales both terms.)
 """
 
 from __future__ import annotations
@@ -49,23 +49,23 @@ def aligned(s: Tensor, t: Tensor, align: Tensor | None, target: Tensor) -> tuple
 
 @METHODS.register("uld")
 class ULD(Method):
-    """``alpha`` x cross-entropy + ``weight`` x ULD at temperature ``T`` (module docstring)."""
+    """``alpha`` x cross-entropy + ``distillation_weight`` x ULD at temperature ``T`` (module docstring)."""
 
     needs = Needs(teacher=True)
     token_level = True
     cross_tokenizer = True
 
-    def __init__(self, alpha: float = 1.0, weight: float = 1.0, T: float = 1.0) -> None:
+    def __init__(self, alpha: float = 1.0, distillation_weight: float = 1.0, T: float = 1.0) -> None:
         super().__init__()
         if T <= 0:
             raise ValueError("T must be positive")
-        self.alpha, self.weight, self.T = alpha, weight, T
+        self.alpha, self.distillation_weight, self.T = alpha, distillation_weight, T
 
     def forward(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
         assert t is not None, "uld needs teacher outputs"
         align = next((v for k, v in batch.input.items() if k.endswith("align")), None) \
             if isinstance(batch.input, dict) else None
-        uld = self.weight * uld_loss(*aligned(s.logits, t.logits, align, batch.target), T=self.T)
+        uld = self.distillation_weight * uld_loss(*aligned(s.logits, t.logits, align, batch.target), T=self.T)
         ce = self.alpha * labelled_cross_entropy(s.logits, batch.target, batch.labelled_count)
         return LossOutput(ce + uld, {"ce": ce, "uld": uld})
 
