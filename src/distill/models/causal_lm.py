@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 from distill.io import first_line
 from distill.models.base import MODELS
+from distill.models.hf import fields
 
 
 class CausalLM(nn.Module):
@@ -41,18 +42,9 @@ class CausalLM(nn.Module):
 
 
 def token_fields(kwargs: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-    """``input_ids`` and ``attention_mask`` of a dict batch, under these names or ending in ``.<name>``."""
-    found: dict[str, Tensor] = {}
-    for key, value in kwargs.items():
-        name = key.replace("/", ".").rsplit(".", 1)[-1]
-        if name in ("input_ids", "attention_mask"):
-            if name in found:
-                raise DistillError(f"model 'causal_lm': two input fields end in {name!r}; set the model's 'inputs'")
-            found[name] = value
-    if "input_ids" not in found:
-        raise DistillError(f"model 'causal_lm' reads 'input_ids' (and 'attention_mask'); the batch has "
-                           f"{sorted(kwargs)}")
-    return found["input_ids"], found.get("attention_mask")
+    """``input_ids`` and ``attention_mask`` of a dict batch (names or ``.<name>`` endings), padding kept."""
+    f = fields(kwargs, model="causal_lm", trim_padding=False)
+    return f["input_ids"], f.get("attention_mask")
 
 
 @MODELS.register("causal_lm")

@@ -43,19 +43,21 @@ def pool(hidden: Tensor, mask: Tensor | None, how: str) -> Tensor:
     return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
 
 
-def fields(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The model's own fields from a dict batch: exact names, or names ending in ``.<field>`` / ``/<field>``."""
+def fields(kwargs: dict[str, Tensor], *, model: str = "hf", trim_padding: bool = True) -> dict[str, Tensor]:
+    """The model's own fields from a dict batch: exact names, or names ending in ``.<field>`` / ``/<field>``;
+    padding columns no row uses are dropped unless ``trim_padding`` is False (per-position outputs)."""
     out: dict[str, Tensor] = {}
     for key, value in kwargs.items():
         name = key.replace("/", ".").rsplit(".", 1)[-1]
         if name in _FIELDS:
             if name in out:
-                raise DistillError(f"model 'hf': two input fields end in {name!r}; set the model's 'inputs' to the "
-                                   "fields of one tokenisation")
+                raise DistillError(f"model {model!r}: two input fields end in {name!r}; set the model's 'inputs' to "
+                                   "the fields of one tokenisation")
             out[name] = value
     if "input_ids" not in out:
-        raise DistillError(f"model 'hf' reads 'input_ids' (and 'attention_mask'); the batch has {sorted(kwargs)}")
-    return trim(out)
+        raise DistillError(f"model {model!r} reads 'input_ids' (and 'attention_mask'); the batch has "
+                           f"{sorted(kwargs)}")
+    return trim(out) if trim_padding else out
 
 
 def trim(f: dict[str, Tensor]) -> dict[str, Tensor]:
