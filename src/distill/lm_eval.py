@@ -74,9 +74,7 @@ def generation_speed(model: nn.Module, prompt: Tensor, new_tokens: int = 32) -> 
         return new_tokens / (time.perf_counter() - start)
 
 
-def data_batch(data: DataSplits) -> int:
-    """Evaluation batch of a language model when none is set: 8 blocks (its logits are B x S x V)."""
-    return 8
+LM_EVAL_BATCH = 8  # evaluation batch of a language model when none is set: its logits are B x S x V
 
 
 def lm_epoch_eval(data: DataSplits, batch_size: int, inputs: Keys, model: nn.Module) -> dict[str, float]:
@@ -96,7 +94,7 @@ def lm_metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | Non
     from distill.evaluate import _from_history
     from distill.run import _main_stage as main_stage
 
-    test, bs = plan.data.test, plan.eval_batch_size or data_batch(plan.data)
+    test, bs = plan.data.test, plan.eval_batch_size or LM_EVAL_BATCH
     scored = teacher is not None and not plan.data.paired
     t_scores, ref = token_scores(teacher, test, bs) if scored else (None, None)  # the teacher runs once
     first = test.take(torch.arange(1))

@@ -13,7 +13,7 @@ from torch import nn
 from distill.data import DataSplits, StreamDataset
 from distill.engine.dist import rank, sum_across_ranks, world_size
 from distill.evaluate import predict, topk_accuracy
-from distill.lm_eval import data_batch, lm_epoch_eval
+from distill.lm_eval import LM_EVAL_BATCH, lm_epoch_eval
 from distill.models import Keys
 
 
@@ -21,7 +21,7 @@ def epoch_eval(data: DataSplits, batch_size: int, inputs: Keys = None) -> Callab
     """The default per-epoch evaluation of a role: top-1 on the validation and test splits (next-token top-1
     and perplexity for a language model)."""
     if data.tokens:
-        return partial(lm_epoch_eval, data, batch_size or data_batch(data), inputs)
+        return partial(lm_epoch_eval, data, batch_size or LM_EVAL_BATCH, inputs)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"val_top1": epoch_top1(model, data.val, batch_size, inputs),

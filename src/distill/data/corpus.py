@@ -74,7 +74,7 @@ def read_documents(path: str, pattern: str = "*.txt", exclude: list[str] | None 
     root = resolve_path(path)
     if root.is_dir():
         files = sorted(f for f in root.rglob("*") if f.is_file() and fnmatch.fnmatch(f.name, pattern))
-        docs = [(str(f.relative_to(root)), _decode(f.read_bytes(), f)) for f in files]
+        docs = [(str(f.relative_to(root)), _decode(f.read_bytes())) for f in files]
     elif root.is_file() and root.name.endswith(_ARCHIVES):
         docs = _archive(root, pattern)
     elif root.exists():
@@ -93,16 +93,16 @@ def _archive(file: Path, pattern: str) -> list[tuple[str, str]]:
         if file.name.endswith(".zip"):
             with zipfile.ZipFile(file) as z:
                 names = sorted(n for n in z.namelist() if fnmatch.fnmatch(Path(n).name, pattern))
-                return [(n, _decode(z.read(n), file)) for n in names if not n.endswith("/")]
+                return [(n, _decode(z.read(n))) for n in names if not n.endswith("/")]
         with tarfile.open(file) as t:
             members = sorted((m for m in t.getmembers() if m.isfile() and fnmatch.fnmatch(Path(m.name).name, pattern)),
                              key=lambda m: m.name)
-            return [(m.name, _decode(t.extractfile(m).read(), file)) for m in members]  # type: ignore[union-attr]
+            return [(m.name, _decode(t.extractfile(m).read())) for m in members]  # type: ignore[union-attr]
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise DistillError(f"dataset 'corpus': cannot read the archive {file}: {e}") from None
 
 
-def _decode(raw: bytes, where: Path) -> str:
+def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
