@@ -20,8 +20,9 @@ from distill.models import MODELS
 from distill.plan import Plan, plan_from_recipe
 from distill.recipe import Recipe, load_recipe
 from distill.run import execute, run
+from distill.search import auto
 
 __all__ = ["DATASETS", "METHODS", "MODELS", "DistillError", "DistillationModel", "FitResult", "Plan", "Recipe",
-           "execute", "fit", "load_recipe", "methods", "plan_from_recipe", "register_dataset", "register_method",
-           "register_model", "run"]
+           "auto", "execute", "fit", "load_recipe", "methods", "plan_from_recipe", "register_dataset",
+           "register_method", "register_model", "run"]
 __version__ = "0.1.0"

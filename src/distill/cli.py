@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=1, help="number of seeds, from the recipe's seed up")
     b.add_argument("--method-args", help="YAML file: method name -> keyword arguments (e.g. layer paths)")
     b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
+    a = sub.add_parser("auto", help="search method, T, weights, lr and student size under a budget (Optuna), then "
+                       "run the chosen recipe")
+    a.add_argument("recipe")
+    a.add_argument("overrides", nargs="*", help="dotted overrides of the base recipe, e.g. train.epochs=5")
+    a.add_argument("--trials", type=int, help="number of trials (default: the recipe's search.trials, 20)")
+    a.add_argument("--budget", help="latency_ms_b1<=X (ms at batch 1) or params<=N: students over it never train")
+    a.add_argument("--objective", choices=["accuracy", "pareto"], default="accuracy",
+                   help="accuracy: best validation top-1, weak trials pruned; pareto: accuracy and cost")
+    a.add_argument("--seeds", type=int, default=1, help="seeds of the chosen recipe's final run")
     c = sub.add_parser("cache", help="build or verify the teacher-output cache")
     csub = c.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
     cb = csub.add_parser("build", help="run the teacher once over the training data and store its top-k logits")
@@ -128,6 +137,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "cache" and args.cache_command == "verify":
         print(commands.verify_cache(args.path, args.recipe, args.overrides))
+        return 0
+    if args.command == "auto":
+        from distill.search import auto
+
+        res = auto(args.recipe, overrides=args.overrides, trials=args.trials, budget=args.budget,
+                   objective=args.objective, seeds=args.seeds)
+        print(f"chosen recipe written to {res.recipe.resolve()} (trial {res.chosen['trial']}); trials in "
+              f"{res.table.resolve()}")
+        for path in res.reports:
+            print(f"report written to {Path(path).resolve()}")
         return 0
     from distill.recipe import load_recipe
 

@@ -86,6 +86,8 @@ class Plan:
     peers: dict[str, Peer] = field(default_factory=dict)  # students trained beside `student` (mutual)
     fresh_student: Callable[[int], nn.Module] | None = None  # a new student initialised from a seed
     dry_run: list[tuple[str, str]] | None = None  # set: a dry run's miniature (distill.dry_run), roles recorded
+    # called after each epoch's evaluation of a role (role, epoch index, metrics): `distill auto` prunes weak trials
+    epoch_hook: Callable[[str, int, dict[str, float]], None] | None = None
 
     def teacher_parts(self) -> dict[str, TeacherPart]:
         """Every teacher by the role it trains under: ``teacher``, or ``teachers/<name>`` for several."""
@@ -145,7 +147,7 @@ def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     """What shapes a recipe's training: the recipe minus where its outputs go and how they are shown."""
-    body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name"})
+    body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name", "search"})
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
     for part, key in (("data", "augment"), ("data", "workers"), ("data", "eval_batch_size"), ("data", "classes"),
                       ("data", "group_by_length"),

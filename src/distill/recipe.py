@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError, single_line
 from distill.registry import closest
+from distill.search.space import SearchSpec
 from distill.spec_check import numbers_in, printable_key
 from distill.yaml_io import load_yaml, read_yaml
 
@@ -197,6 +198,7 @@ class Recipe(_Strict):
     train: TrainSpec = TrainSpec()
     cache: CacheSpec = CacheSpec()
     eval: EvalSpec = EvalSpec()
+    search: SearchSpec | None = None  # what `distill auto` varies (distill.search.space); `run` ignores it
 
     @model_validator(mode="before")
     @classmethod

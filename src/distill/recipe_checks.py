@@ -20,6 +20,10 @@ def check_components(recipe: Recipe, singular: bool) -> None:
 
     d = recipe.data
     check_kwargs(DATASETS.get(d.name), d.kwargs, "data", f"dataset '{d.name}'", skip=("seed",))
+    if recipe.search is not None and recipe.search.space is not None:
+        from distill.search.space import parse
+
+        parse(recipe.search.space)  # what `distill auto` samples: every distribution well formed
     for role in ("teacher", "student"):
         spec = getattr(recipe, role)
         if spec is not None:

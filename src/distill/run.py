@@ -224,13 +224,27 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
                          augment=plan.augment, views=views, rank=rank(), world=world_size(),
                          pin_memory=device.startswith("cuda"),
                          lengths=token_lengths(ds) if plan.group_by_length else None)
+    evaluate = evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs)
+    if plan.epoch_hook is not None and plan.dry_run is None:
+        evaluate = _hooked(evaluate, partial(plan.epoch_hook, role))
     job = FitJob(model=model, methods=methods, loader=loader, train=train, out_dir=out, seed=plan.seed,
                  fingerprint=fp, teacher=teacher, cache=cache, resume=resume, device=device, desc=role, log=log,
-                 evaluate=evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs),
+                 evaluate=evaluate,
                  num_classes=plan.data.num_classes, inputs=inputs, targets=targets, groups=groups, rewrite=rewrite)
     history = fit(job)
     on_main(partial(_save_role, out, role, fp, model, history))
     return Trained(model, history, out / "model.safetensors", inputs=inputs)
+
+
+def _hooked(evaluate: Any, hook: Callable[[int, dict[str, float]], None]) -> Any:
+    """``evaluate`` that also hands each epoch's metrics, with the epoch's index, to ``hook``."""
+    epochs = iter(range(1 << 30))
+
+    def run(model: nn.Module) -> dict[str, float]:
+        metrics = evaluate(model)
+        hook(next(epochs), metrics)
+        return metrics
+    return run
 
 
 def _save_role(out: Path, role: str, fp: str, model: nn.Module, history: list[dict[str, Any]]) -> None:
