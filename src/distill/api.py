@@ -31,6 +31,7 @@ from distill.plan import Peer, Plan, TeacherPart, plan_from_recipe, teacher_part
 from distill.recipe import (
     AugmentSpec,
     CacheSpec,
+    EvalSpec,
     MethodSpec,
     ModelSpec,
     NormSpec,
@@ -71,13 +72,15 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
         compare: bool = True, latency: bool = True, teacher_inputs: Any = None, student_inputs: Any = None,
         teacher_normalize: Any = None, strategy: str | dict[str, Any] = "offline",
         teachers: dict[str, Part] | None = None, peers: dict[str, Part] | None = None, resume: bool = False,
-        log: Callable[[str], None] = print) -> FitResult:
+        robustness: bool | dict[str, Any] | None = None, log: Callable[[str], None] = print) -> FitResult:
     """Distil ``teacher`` into ``student`` on ``train`` and write the report; see the module doc for the forms
     each argument takes. ``training`` is a recipe's ``train`` section (optimizer, schedule, precision, ...);
     ``epochs`` overrides its epochs. ``val``/``test`` missing: split off train (10% each, stratified).
     ``strategy``: who teaches whom (``"offline"``, ``"multi_teacher"``, ``"mutual"``, ``"born_again"``, or a dict
     with its arguments, e.g. ``{"name": "born_again", "generations": 2}``); ``teachers``: several named teachers
-    (multi_teacher); ``peers``: named students trained beside ``student`` (mutual).
+    (multi_teacher); ``peers``: named students trained beside ``student`` (mutual); ``robustness``: a recipe's
+    ``eval.robustness`` (``True`` for its defaults, or ``{"eps": 0.1, "steps": 10, ...}``): FGSM and PGD top-1 of
+    every model in the report.
 
     A teacher module is taken as pretrained; a zoo teacher without ``weights`` is trained here first, as in a
     recipe. Data given as Datasets or tensors is used as given (no normalisation). Raises ``DistillError``
@@ -99,6 +102,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
     check_device(device)  # the recipe door (above) checks both in plan_from_recipe
     out = Path(output_dir or f"runs/{name}")
     check_output_dir(out)
+    robust = validate_part(EvalSpec, {"robustness": robustness}, "eval").robustness
     with distributed(device):
         data = _data(train, val, test, seed, num_classes, labels_per_class, normalize, workers)
         plan = Plan(name=name, seed=seed, out=out, device=device, data=data,
@@ -106,7 +110,8 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
                     train=spec, teacher=_teacher(teacher, data, seed, spec, teacher_inputs, teacher_normalize),
                     student_inputs=student_inputs, batch_size=batch_size, eval_batch_size=eval_batch_size,
                     cache=validate_part(CacheSpec, _cache_shorthand(cache), "cache"),
-                    augment=_augment(augment), compare=compare, latency=latency, strategy=strat)
+                    augment=_augment(augment), compare=compare, latency=latency, strategy=strat,
+                    robustness=robust)
         plan.teachers = {n: _teacher(t, data, seed, spec, None, None) for n, t in (teachers or {}).items()}
         plan.peers = {n: Peer(_student(p, data, seed + i, None)) for i, (n, p) in enumerate((peers or {}).items(), 1)}
         plan.fresh_student = None if isinstance(student, nn.Module) else \
@@ -185,6 +190,8 @@ def _raw_recipe(teacher: Any, student: Any, train: Any, methods: list, spec: Tra
     raw = {"name": args["name"], "seed": args["seed"], "device": args["device"], "compare": args["compare"],
            "data": data, "student": s, "methods": entries, "train": spec.model_dump(mode="json"),
            "cache": args["cache"], "eval": {"latency": args["latency"]}, "strategy": args["strategy"]}
+    if args["robustness"] is not None:
+        raw["eval"]["robustness"] = args["robustness"]
     for group in ("teachers", "peers"):
         if args[group]:
             named = {n: _named(p) for n, p in args[group].items()}

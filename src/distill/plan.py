@@ -21,7 +21,7 @@ from distill.data import Augment, DataSplits
 from distill.errors import DistillError
 from distill.methods import MethodSet
 from distill.models import FrozenTeacher, Keys
-from distill.recipe import CacheSpec, ModelSpec, Recipe, TrainSpec
+from distill.recipe import CacheSpec, ModelSpec, Recipe, RobustnessSpec, TrainSpec
 
 if TYPE_CHECKING:
     from distill.strategies import Strategy
@@ -78,6 +78,7 @@ class Plan:
     compare: bool = True
     latency: bool = True
     embeddings: dict[str, str] | None = None  # eval.embeddings: tap paths whose features the report probes
+    robustness: RobustnessSpec | None = None  # eval.robustness: FGSM and PGD top-1 in the report (distill.robustness)
     group_by_length: bool = False  # data.group_by_length: training batches of similar token counts
     identity: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe | None = None  # the recipe this plan was built from (or that a Python run is equivalent to)
@@ -88,6 +89,12 @@ class Plan:
     dry_run: list[tuple[str, str]] | None = None  # set: a dry run's miniature (distill.dry_run), roles recorded
     # called after each epoch's evaluation of a role (role, epoch index, metrics): `distill auto` prunes weak trials
     epoch_hook: Callable[[str, int, dict[str, float]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.robustness is not None:  # refused before anything trains: data the attacks cannot perturb
+            from distill.robustness import check_inputs
+
+            check_inputs(self.data)
 
     def teacher_parts(self) -> dict[str, TeacherPart]:
         """Every teacher by the role it trains under: ``teacher``, or ``teachers/<name>`` for several."""
@@ -123,7 +130,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 group_by_length=bool(recipe.data.group_by_length),
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
-                embeddings=recipe.eval.embeddings,
+                embeddings=recipe.eval.embeddings, robustness=recipe.eval.robustness,
                 identity=recipe_identity(recipe), recipe=recipe,
                 strategy=build_strategy(recipe.strategy.name, recipe.strategy.kwargs), teachers=teachers,
                 peers=peers, fresh_student=lambda seed: build_arch(recipe.student, data, seed))

@@ -176,10 +176,43 @@ def _cache_shorthand(value: Any) -> Any:
     return value
 
 
+class RobustnessSpec(_Strict):
+    """``eval.robustness``: FGSM and PGD top-1 of every model on the test split (``distill.robustness``); ``eps``,
+    ``step_size`` and ``range`` in raw input units, before the dataset's normalisation (MNIST: pixels in [0, 1])."""
+
+    eps: float = Field(0.1, ge=0)
+    steps: int = Field(10, ge=1)  # PGD steps
+    step_size: float | None = Field(None, gt=0)  # None: 2.5 * eps / steps
+    range: list[float] | None = Field(None, min_length=2, max_length=2)  # [lo, hi]; None: the test inputs' min, max
+    samples: int | None = Field(None, ge=1)  # the first N test samples; None: the whole test split
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, r: list[float] | None) -> list[float] | None:
+        if r is not None and not r[0] < r[1]:
+            raise ValueError("must be [lo, hi] with lo < hi")
+        return r
+
+
 class EvalSpec(_Strict):
     latency: bool = True
     # embedding probes (k-NN and linear probe on frozen features) per side: {teacher: <tap path>, student: <path>}
     embeddings: dict[Literal["teacher", "student"], str] | None = None
+    robustness: RobustnessSpec | None = None  # adversarial top-1 in the report (distill.robustness); None: off
+
+    @field_validator("robustness", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # `robustness: true` is short for the defaults, `false` for off
+        return ({} if value else None) if isinstance(value, bool) else value
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, dump: Any) -> Any:
+        # robustness came after runs were made: left out while unset, so their recorded recipes stay as they were
+        out = dump(self)
+        if self.robustness is None and isinstance(out, dict):
+            out.pop("robustness", None)
+        return out
 
 
 class Recipe(_Strict):

@@ -12,6 +12,7 @@ from typing import Any
 
 from distill.io import atomic_path, write_json, write_text
 from distill.report_lm import is_lm, lm_summary, lm_table
+from distill.report_robust import robustness_table
 
 DASH = "—"
 CURVES_PNG = "curves.png"
@@ -172,6 +173,7 @@ def _markdown(report: dict) -> str:
         lines += [f"| {r} | {_pct(m['knn_top1'])} | {_pct(m.get('probe_top1'))} | {_dec(m.get('spearman_teacher'))} "
                   f"| {_dec(m.get('cosine_teacher'))} |" for r, m in probed.items()]
         lines.append("")
+    lines += robustness_table(models, _pct)
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     if report.get("deployment"):

@@ -40,6 +40,7 @@ from distill.plan import Plan, TeacherPart, fingerprint, plan_from_recipe
 from distill.probe import embed, probes
 from distill.recipe import Recipe, TrainSpec
 from distill.report import write_report
+from distill.robustness import robustness_metrics
 from distill.run_eval import describe_data, epoch_eval, epoch_top1  # noqa: F401  (re-exported)
 
 Log = Callable[[str], None]
@@ -301,6 +302,10 @@ def _metrics(plan: Plan, trained: dict[str, Trained], teacher: nn.Module | None)
             metrics.update(probes(model, path, plan.data, inputs=keys, batch_size=bs,
                                   reference=None if role.startswith("teacher") else ref))
         models[role] = metrics
+    if plan.robustness is not None:  # eval.robustness: each model attacked through its own gradients
+        for role, robust in robustness_metrics(plan.robustness, plan.data, trained, batch_size=bs,
+                                               seed=plan.seed).items():
+            models[role].update(robust)
     return models
 
 

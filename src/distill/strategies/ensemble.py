@@ -85,7 +85,12 @@ class EnsembleModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Any) -> Tensor:
-        logits = torch.stack([m(x) for m in self.members.values()])  # (N, B, C)
+        return self.through(x)
+
+    def through(self, x: Any) -> Tensor:
+        """``forward`` with autograd in the input (an adversarial attack on the ensemble), never in the teachers'
+        parameters, which stay frozen."""
+        logits = torch.stack([m.through(x) for m in self.members.values()])  # (N, B, C)
         return self.combine(logits, None)[0]
 
 
