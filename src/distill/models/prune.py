@@ -17,11 +17,11 @@ Choices, and why:
 - **Reaching the target**: each layer of ``n`` channels keeps ``int(n * (1 - ratio))``, so the size (parameters,
   or MACs per sample) falls monotonically with the ratio, in steps at the ratios ``1 - k/n``. Bisection over those
   steps, each try on a fresh copy, finds the largest uniform pruning whose size is at most the target. One step
-  can move several layers at once (widths 16, 32, 64 all change at ``1 - k/16``), so a second bisection moves
-  those layers to the next step one at a time. The result is at most the target and below it by less than one
-  channel of one coupled group: under 4% for the zoo's ResNets and MLPs pruned to 1/2 ... 1/25 of their size,
-  up to ~10% for the smallest nets (a 7,610-parameter ``cnn`` pruned to 951), in about 2 log2(widest layer)
-  prunings (a second for resnet32 on CPU; a MACs target counts each try, some seconds).
+  can move layers of several widths at once (16, 32, 64 all change at ``1 - k/16``), so a second bisection moves
+  them to the next step one width at a time. The result is at most the target and below it by less than one
+  such move: under 5% for the zoo's ResNets and MLPs pruned to 1/2 ... 1/16 of their size, up to ~10% for targets
+  of a few hundred to a thousand parameters (a 7,610-parameter ``cnn`` pruned to 951), in about 2 log2(widest
+  layer) prunings (a second for resnet32 on CPU; a MACs target counts each try, some seconds).
 - **Deterministic**: same weights and target, same structure and weights. Saved weights alone do not describe a
   pruned architecture, so evaluating or resuming rebuilds it by pruning the teacher again.
 
@@ -86,8 +86,8 @@ def classifier(model: nn.Module, example: Tensor) -> nn.Module:
 
 def _widths(model: nn.Module, keep: nn.Module) -> list[int]:
     """The output widths of the prunable layers (every Linear and convolution but the classifier)."""
-    widths = [m.out_features if isinstance(m, nn.Linear) else m.out_channels for m in model.modules()
-              if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and m is not keep]
+    widths = [_width(m) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+              and m is not keep]
     if not widths:
         raise DistillError(f"{type(model).__name__}: only its classifier has weights to prune")
     return widths
@@ -160,27 +160,30 @@ def prune_to(model: nn.Module, example: Tensor, *, target: int, measure: Literal
 
 def _refine(model: nn.Module, example: Tensor, above: float, within: float, count: Callable[[nn.Module], int],
             target: int) -> nn.Module:
-    """Between the uniform pruning just too large (ratio ``above``) and the one that fits (``within``): a step of
-    the uniform ratio moves several layers at once (widths 16, 32 and 64 all change at 1 - k/16), so move the
-    layers that differ one at a time, in module order, and keep the fewest moves that fit. Each move shrinks the
-    model, so bisection over the number of moves applies; all moved is the ``within`` pruning."""
+    """Between the uniform pruning just too large (ratio ``above``) and the one that fits (``within``): one step of
+    the ratio can move layers of several widths at once (16, 32 and 64 all change at 1 - k/16), so move them one
+    width at a time, narrowest first, and keep the fewest moves that fit. Layers of one width move together: a
+    residual stage's convolutions keep one channel count, so the stages that methods tap stay the teacher's (a
+    layer moved alone would put a shape change inside a stage). Each move shrinks the model, so bisection over
+    the number of moves applies; all moved is the ``within`` pruning."""
     keep = classifier(model, example)
-    moved = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-             and m is not keep and _kept(m, above) != _kept(m, within)]
-    first = _first_at_most(lambda j: count(_moved(model, example, above, within, moved[:j + 1])), len(moved),
-                           target)
-    return _moved(model, example, above, within, moved[:first + 1])
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+              and m is not keep and _kept(m, above) != _kept(m, within)}
+    widths = sorted({_width(m) for m in layers.values()})
+
+    def moved(j: int) -> nn.Module:  # the first j + 1 widths moved to ``within``
+        ratios = {n: within for n, m in layers.items() if _width(m) in widths[:j + 1]}
+        return prune_at(model, example, above, ratios)
+    return moved(_first_at_most(lambda j: count(moved(j)), len(widths), target))
 
 
-def _moved(model: nn.Module, example: Tensor, above: float, within: float, names: list[str]) -> nn.Module:
-    """The pruning at ratio ``above`` with the groups of the layers ``names`` at ``within``."""
-    return prune_at(model, example, above, {n: within for n in names})
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _kept(layer: nn.Module, ratio: float) -> int:
     """The channels a layer keeps at a uniform ratio (torch-pruning's local rule)."""
-    width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    return int(width * (1 - ratio))
+    return int(_width(layer) * (1 - ratio))
 
 
 def reinitialise(model: nn.Module, seed: int) -> nn.Module:
