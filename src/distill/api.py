@@ -228,6 +228,9 @@ def _data(train: Any, val: Any, test: Any, seed: int, num_classes: int | None, l
 
 
 def _model_spec(part: dict[str, Any], role: str, inputs: Any) -> ModelSpec:
+    if "from_teacher" in part:  # only the recipe door has the teacher's spec and weights to prune
+        raise DistillError(f"fit: {role} from_teacher needs the teacher as a name or spec dict with weights (a "
+                           "module teacher: prune it yourself with distill.models.prune.pruned_student)")
     spec = validate_part(ModelSpec, {"inputs": inputs, **part} if inputs is not None else part, role)
     from distill.models import MODELS
 

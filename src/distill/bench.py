@@ -25,6 +25,7 @@ from distill.evaluate import model_metrics
 from distill.methods import METHODS
 from distill.models import Keys
 from distill.plan import TeacherPart, plan_from_recipe
+from distill.pruned import teacher_trained_first
 from distill.recipe import Recipe, recipe_from_dict
 from distill.run import Trained, obtain_teacher, train_scratch, train_student
 from distill.spec_check import check_kwargs
@@ -109,6 +110,8 @@ def bench(recipe: Recipe, *, methods: str = "all", seeds: int = 1, method_args: 
     root = recipe.out / "bench"
     seed_list = list(range(recipe.seed, recipe.seed + seeds))
     data = load_data(recipe)
+    # a student pruned from a teacher trained here needs that teacher's weights before any plan is built
+    recipe = teacher_trained_first(recipe, root, data, resume=resume, log=lambda m: log(f"[teacher] {m}"))
     plans, rows = _plan(recipe, data, names, args, root, log)
     base = plan_from_recipe(recipe.model_copy(update={"output_dir": str(root)}), data=data)
     teacher = obtain_teacher(base, resume=resume, log=lambda m: log(f"[teacher] {m}"))

@@ -103,10 +103,12 @@ def _md_row(r: dict[str, Any]) -> str:
 
 def _markdown(summary: list[dict[str, Any]], command: str, recipe: Recipe, seeds: list[int],
               plans: dict[str, list[dict[str, Any]]], footer: str | None = None) -> str:
+    from distill.pruned import describe
+
     t, s = recipe.teacher, recipe.student
     teacher = t.name if t else ", ".join(recipe.teachers or {}) or DASH
     lines = [f"# bench: {recipe.name}", "", "```bash", command, "```", "",
-             f"Teacher `{teacher}` -> student `{s.name}` on `{recipe.data.name}`, seeds "
+             f"Teacher `{teacher}` -> student `{describe(s)}` on `{recipe.data.name}`, seeds "
              f"{', '.join(map(str, seeds))}. Test top-1 in %, mean ± std over seeds (sample std); best = test "
              "top-1 at the best-validation epoch; delta = mean top-1 (last) minus scratch's, in points.", "",
              "| method | runs | top-1 last (%) | top-1 best (%) | delta vs scratch (last) | s/epoch |",

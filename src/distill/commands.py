@@ -13,6 +13,7 @@ from distill.engine.checkpoint import strip_prefix
 from distill.errors import DistillError
 from distill.io import load_into, load_weights
 from distill.plan import plan_from_recipe
+from distill.pruned import rebuild_student, teacher_only
 from distill.recipe import Recipe, parse_value
 
 
@@ -40,7 +41,7 @@ def train_teacher(recipe: Recipe, *, resume: bool = False) -> str:
         raise DistillError(f"{'teacher.weights is' if recipe.teacher else 'every teacher has weights'} set: "
                            "nothing to train")
     with distributed(recipe.device):
-        plan = plan_from_recipe(recipe)
+        plan = plan_from_recipe(teacher_only(recipe))  # a student pruned from the teacher waits for it
         done = [obtain_teacher(plan, part=p, role=r, resume=resume, log=main_log(print)).weights
                 for r, p in plan.teacher_parts().items() if p.train is not None]
     return ", ".join(str(w.resolve()) for w in done if w is not None)
@@ -54,7 +55,7 @@ def evaluate_weights(recipe: Recipe, checkpoint: str, *, role: str = "student") 
     if spec is None:
         raise DistillError(f"the recipe has no '{role}' section")
     data = load_data(recipe)
-    model = build_arch(spec, data, recipe.seed)
+    model = rebuild_student(recipe, data) if role == "student" else build_arch(spec, data, recipe.seed)
     path = Path(checkpoint)
     if path.is_dir():
         load_into(model, strip_prefix(load_weights(path / "weights.safetensors"), "model."), str(path))
@@ -91,7 +92,7 @@ def inspect(target: str, kwargs: list[str], *, role: str, input_shape: str, num_
         from distill.models import select
 
         data = load_data(recipe, label_budget=False)
-        model = build_arch(spec, data, recipe.seed)
+        model = rebuild_student(recipe, data) if role == "student" else build_arch(spec, data, recipe.seed)
         sample = select(head(data.train, 2), spec.inputs, role)  # real samples: a dict of fields for text
         return format_probe(probe(model, sample), model) + "\n" + _summary(model, _sample_shape(sample))
     else:

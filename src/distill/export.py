@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.build import build_arch, check_classes, load_data, run_teacher
+from distill.build import check_classes, load_data, run_teacher
 from distill.data import DataSplits, head
 from distill.deploy import (
     Logits,
@@ -37,6 +37,7 @@ from distill.deploy import (
 from distill.errors import DistillError
 from distill.evaluate import predict, topk_accuracy
 from distill.io import atomic_path, load_into, load_weights, write_json
+from distill.pruned import rebuild_student
 from distill.recipe import Recipe, recipe_from_dict
 from distill.report import write_deployment
 
@@ -106,7 +107,7 @@ def read_run(run_dir: str | Path) -> tuple[Path, Recipe, DataSplits, nn.Module, 
                            "export result.student yourself, or name every part so fit writes recipe.yaml")
     recipe = recipe_from_dict(report["recipe"], source=f"{report_path} recipe")
     data = load_data(recipe)
-    student = build_arch(recipe.student, data, recipe.seed)
+    student = rebuild_student(recipe, data, run_dir)  # a pruned student: its teacher pruned again
     load_into(student, load_weights(weights), f"student weights {weights}")
     check_classes(data, {"student": recipe.student.inputs}, student=student)
     return run_dir, recipe, data, student.eval(), weights
@@ -209,6 +210,10 @@ def _one_line(what: str) -> Iterator[None]:
 def _model_spec(ctx: RunContext) -> dict[str, Any]:
     """What ``deploy.load_student_safetensors`` needs to rebuild the student, plus its input preprocessing."""
     data = ctx.data
+    if ctx.recipe.student.from_teacher:
+        raise DistillError("safetensors export rebuilds the student from its model name, and a student pruned from "
+                           "the teacher (from_teacher) has no name of its own: export torchscript or onnx, which "
+                           "carry the architecture")
     return {"model": {"name": ctx.recipe.student.name, **ctx.recipe.student.kwargs},
             "num_classes": data.num_classes, "input_shape": list(data.input_shape),
             "input_normalization": {"mean": list(data.mean), "std": list(data.std)},

@@ -21,6 +21,7 @@ from distill.data import Augment, DataSplits
 from distill.errors import DistillError
 from distill.methods import MethodSet
 from distill.models import FrozenTeacher, Keys
+from distill.pruned import ready_teacher, student_maker
 from distill.recipe import CacheSpec, ModelSpec, Recipe, RobustnessSpec, TrainSpec
 
 if TYPE_CHECKING:
@@ -121,11 +122,14 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                            "tokens, which a teacher trained here cannot learn; give it trained weights (weights, or "
                            "pretrained: true)")
     teachers = {k: teacher_part(s, data, recipe.seed, recipe.train) for k, s in (recipe.teachers or {}).items()}
+    # a student built from the teacher (from_teacher: prune) needs its trained weights now (distill.pruned)
+    teacher = ready_teacher(teacher, recipe)
     # each peer starts from its own initialisation: identical students would stay identical under mutual learning
-    peers = {k: Peer(build_arch(s, data, recipe.seed + i), s.inputs)
+    peers = {k: Peer(student_maker(s, data, teacher, f"peers.{k}")(recipe.seed + i), s.inputs)
              for i, (k, s) in enumerate((recipe.peers or {}).items(), start=1)}
+    make_student = student_maker(recipe.student, data, teacher)
     return Plan(name=recipe.name, seed=recipe.seed, out=recipe.out, device=recipe.device, data=data,
-                student=build_arch(recipe.student, data, recipe.seed), methods=methods,
+                student=make_student(recipe.seed), methods=methods,
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 group_by_length=bool(recipe.data.group_by_length),
@@ -133,7 +137,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                 embeddings=recipe.eval.embeddings, robustness=recipe.eval.robustness,
                 identity=recipe_identity(recipe), recipe=recipe,
                 strategy=build_strategy(recipe.strategy.name, recipe.strategy.kwargs), teachers=teachers,
-                peers=peers, fresh_student=lambda seed: build_arch(recipe.student, data, seed))
+                peers=peers, fresh_student=make_student)
 
 
 def teacher_part(spec: ModelSpec, data: DataSplits, seed: int, train: TrainSpec,
@@ -192,6 +196,9 @@ def _role_identity(identity: dict[str, Any], role: str) -> dict[str, Any]:
     keep = {"seed", "data", "student", "train", "device"} if role == "scratch" else None
     if role.startswith("scratch_"):
         keep = {"seed", "data", "student", "peers", "train", "device"}
+    specs = [identity.get("student"), *(identity.get("peers") or {}).values()]
+    if keep is not None and any(isinstance(s, dict) and s.get("from_teacher") for s in specs):
+        keep.add("teacher")  # a student pruned from the teacher starts from the teacher's weights and structure
     return {k: v for k, v in identity.items() if keep is None or k in keep}
 
 

@@ -127,6 +127,20 @@ class ModelSpec(_Open):
     inputs: str | list[str] | None = None  # dict inputs: the key(s) this model reads (default: the whole input)
     # a teacher built with its trained weights (an hf `path`, an external model that loads its own): used as is
     pretrained: bool | None = None
+    # a student built from the teacher: `prune` is a pruned copy of it at one of the targets (distill.pruned); its
+    # `init: pruned | random` stays among the extra keys, which are builder arguments otherwise (static's `init`)
+    from_teacher: Literal["prune"] | None = None
+    target_params: int | None = Field(None, ge=1)
+    target_macs: int | None = Field(None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, dump: Any) -> Any:
+        # from_teacher and its targets came after runs were made: left out while unset, so fingerprints stay
+        out = dump(self)
+        for key in ("from_teacher", "target_params", "target_macs"):
+            if getattr(self, key) is None and isinstance(out, dict):
+                out.pop(key, None)
+        return out
 
 
 class MethodSpec(_Open):
@@ -232,6 +246,22 @@ class Recipe(_Strict):
     cache: CacheSpec = CacheSpec()
     eval: EvalSpec = EvalSpec()
     search: SearchSpec | None = None  # what `distill auto` varies (distill.search.space); `run` ignores it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _student_from_teacher(cls, raw: Any) -> Any:
+        # a student built from the teacher (from_teacher) has the teacher's architecture: its name, unless given
+        teacher = raw.get("teacher") if isinstance(raw, dict) else None
+        name = teacher.get("name") if isinstance(teacher, dict) and isinstance(teacher.get("name"), str) else ""
+
+        def named(spec: Any) -> Any:
+            unnamed = isinstance(spec, dict) and "from_teacher" in spec and "name" not in spec
+            return {"name": name, **spec} if unnamed else spec
+        if isinstance(raw, dict) and "student" in raw:
+            raw = {**raw, "student": named(raw["student"])}
+        if isinstance(raw, dict) and isinstance(raw.get("peers"), dict):
+            raw = {**raw, "peers": {k: named(v) for k, v in raw["peers"].items()}}
+        return raw
 
     @model_validator(mode="before")
     @classmethod

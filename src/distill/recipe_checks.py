@@ -24,17 +24,21 @@ def check_components(recipe: Recipe, singular: bool) -> None:
         from distill.search.space import parse
 
         parse(recipe.search.space)  # what `distill auto` samples: every distribution well formed
+    from distill.pruned import check_recipe
+
+    check_recipe(recipe)  # students built from the teacher (from_teacher) take no builder arguments
     for role in ("teacher", "student"):
         spec = getattr(recipe, role)
-        if spec is not None:
+        if spec is not None and spec.from_teacher is None:
             check_kwargs(MODELS.get(spec.name), spec.kwargs, role, f"model '{spec.name}'",
                          skip=("num_classes", "input_shape"))
     from distill.strategies import STRATEGIES
 
     for group in ("teachers", "peers"):
         for key, spec in (getattr(recipe, group) or {}).items():
-            check_kwargs(MODELS.get(spec.name), spec.kwargs, f"{group}.{key}", f"model '{spec.name}'",
-                         skip=("num_classes", "input_shape"))
+            if spec.from_teacher is None:
+                check_kwargs(MODELS.get(spec.name), spec.kwargs, f"{group}.{key}", f"model '{spec.name}'",
+                             skip=("num_classes", "input_shape"))
     for i, m in enumerate(recipe.methods):
         cls = METHODS.get(m.name)
         where = "method" if singular else f"methods.{i}"

@@ -23,6 +23,7 @@ class Offline(Strategy):
     labelled_only = False  # the student trains on the whole training split (labelled and transfer samples)
 
     def run(self, plan: Plan, *, resume: bool, log: Log) -> Outcome:
+        from distill.pruned import student_notes
         from distill.run import describe_data, diagnose, finish, obtain_teacher, train_scratch, train_student
 
         data = plan.data
@@ -40,6 +41,7 @@ class Offline(Strategy):
             scratch = copy.deepcopy(plan.student)  # the student's initial weights, before it trains
             trained["scratch"] = train_scratch(plan, scratch, resume=resume, log=log, inputs=plan.student_inputs,
                                                notes=notes)
+        notes += student_notes(plan)  # a student pruned from the teacher: what it and its scratch row are
         trained.update(self.baselines(plan, resume=resume, log=log, notes=notes))
         trained["student"] = train_student(plan, frozen, resume=resume, log=log, notes=notes,
                                            labelled_only=self.labelled_only, model=self.initial_student(plan, notes),
