@@ -37,7 +37,7 @@ def _splits(x_raw: torch.Tensor, y: torch.Tensor, mean: tuple = MEAN, std: tuple
 
 @pytest.fixture(scope="module")
 def linear() -> tuple[nn.Module, DataSplits]:
-    """A linear model trained on the normalised digits (97% on its own training data)."""
+    """A linear model trained on 600 normalised digits (every split is those 600: it fits them all)."""
     torch.manual_seed(0)
     x, y = digits_arrays()
     data = _splits(x[:600], y[:600])
@@ -70,6 +70,17 @@ def test_attacks_at_a_moderate_eps_lower_the_accuracy(linear: tuple[nn.Module, D
     assert m["pgd_top1"] <= m["fgsm_top1"] + 0.02  # several steps do at least about as well as one
     few = robustness_metrics(_spec(eps=0.1, samples=100), data, {"s": Trained(model)}, batch_size=64, seed=0)["s"]
     assert few["robust_samples"] == 100 and few["fgsm_top1"] < few["robust_clean_top1"]
+
+
+def test_a_saturated_softmax_masks_the_gradient_and_the_report_shows_it(linear: tuple) -> None:
+    model, data = linear
+    loud = nn.Linear(64, 10)
+    loud.load_state_dict({k: v * 1000 for k, v in model.state_dict().items()})  # same predictions, logits x1000
+    spec, trained = _spec(eps=0.1), {"plain": Trained(model), "loud": Trained(loud)}
+    m = robustness_metrics(spec, data, trained, batch_size=64, seed=0)
+    assert m["plain"]["zero_grad_share"] == 0 and m["loud"]["zero_grad_share"] > 0.5
+    assert m["loud"]["robust_clean_top1"] == m["plain"]["robust_clean_top1"]
+    assert m["loud"]["fgsm_top1"] > m["plain"]["fgsm_top1"] + 0.3  # looks robust: nothing rescales its logits
 
 
 def test_pgd_stays_in_the_eps_ball_and_the_range_per_channel() -> None:
@@ -150,13 +161,13 @@ def test_dict_inputs_are_refused_in_one_line_before_training(tmp_path: Path) -> 
 def test_report_table_only_with_robustness_metrics(tmp_path: Path) -> None:
     base = {"top1": 0.9, "top1_last": 0.9, "params": 10}
     robust = {"robust_clean_top1": 0.9, "fgsm_top1": 0.25, "pgd_top1": 0.125, "robust_eps": 0.3, "pgd_steps": 7,
-              "pgd_step_size": 0.1, "robust_range": [0.0, 1.0], "robust_samples": 64}
+              "pgd_step_size": 0.1, "robust_range": [0.0, 1.0], "robust_samples": 64, "zero_grad_share": 0.5}
     md = write_report(tmp_path / "a", models={"student": base}, histories={}, recipe={}, seed=0, figures=False)
     assert "Robustness" not in md.read_text()
     md = write_report(tmp_path / "b", models={"student": {**base, **robust}}, histories={}, recipe={}, seed=0,
                       figures=False)
-    assert "| model | clean top-1 | FGSM eps=0.3 | PGD-7 eps=0.3 |" in md.read_text()
-    assert "| student | 90.00% | 25.00% | 12.50% |" in md.read_text()
+    assert "| model | clean top-1 | FGSM eps=0.3 | PGD-7 eps=0.3 | zero gradient |" in md.read_text()
+    assert "| student | 90.00% | 25.00% | 12.50% | 50.00% |" in md.read_text()
 
 
 def test_a_tiny_run_reports_robustness_for_every_role(tmp_path: Path, capsys) -> None:
@@ -171,5 +182,5 @@ def test_a_tiny_run_reports_robustness_for_every_role(tmp_path: Path, capsys) ->
     assert report["models"]["teacher"]["fgsm_top1"] < report["models"]["teacher"]["robust_clean_top1"]
     md = (tmp_path / "out" / "report.md").read_text()
     table = md.split("## Robustness", 1)[1]
-    assert "| model | clean top-1 | FGSM eps=0.1 | PGD-3 eps=0.1 |" in table
+    assert "| model | clean top-1 | FGSM eps=0.1 | PGD-3 eps=0.1 | zero gradient |" in table
     assert all(f"| {role} |" in table for role in ("teacher", "scratch", "student"))

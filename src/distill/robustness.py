@@ -84,11 +84,14 @@ def box(x: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]
     return lower, upper
 
 
-def fgsm(fn: Forward, x: Tensor, y: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+def fgsm(fn: Forward, x: Tensor, y: Tensor, eps: Tensor, lo: Tensor, hi: Tensor,
+         grad: Tensor | None = None) -> Tensor:
     """FGSM adversarial inputs (B, ...): ``x + eps * sign(grad)``, clamped to the valid range.
-    ``eps``, ``lo``, ``hi``: normalised units, broadcastable to ``x`` (per channel)."""
+    ``eps``, ``lo``, ``hi``: normalised units, broadcastable to ``x`` (per channel); ``grad``: the input gradient
+    when already computed."""
     lower, upper = box(x, eps, lo, hi)
-    step = eps * input_grad(fn, x, y).sign()  # a zero gradient (saturated softmax) moves nothing
+    grad = input_grad(fn, x, y) if grad is None else grad
+    step = eps * grad.sign()  # a zero gradient (saturated softmax) moves nothing
     return torch.clamp(x + step, lower, upper).detach()
 
 
@@ -131,17 +134,20 @@ def raw_range(spec: RobustnessSpec, data: DataSplits, n: int, batch_size: int) -
 
 def attack_top1(fn: Forward, data: DataSplits, spec: RobustnessSpec, *, n: int, batch_size: int, seed: int,
                 bounds: tuple[float, float], device: torch.device) -> dict[str, float]:
-    """Clean, FGSM and PGD top-1 of ``fn`` on the first ``n`` test samples, in batches of ``batch_size``."""
+    """Clean, FGSM and PGD top-1 of ``fn`` on the first ``n`` test samples, in batches of ``batch_size``, and
+    ``zero_grad``: the share of them whose input gradient is exactly zero (an underflowed, saturated softmax)."""
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
     generator = torch.Generator().manual_seed(seed)  # the same random starts for every model of a run
     steps, step_raw = spec.steps, step_size(spec)
-    hits = {"clean": 0, "fgsm": 0, "pgd": 0}
+    hits = {"clean": 0, "fgsm": 0, "pgd": 0, "zero_grad": 0}
     for index, x in batches(data.test, batch_size, 0, n):
         x, y = x.to(device).float(), data.test.y[index].to(device)  # (B, ...), (B,)
         s, m = _per_channel(std, x), _per_channel(mean, x)
         eps, step = spec.eps / s, step_raw / s  # raw units -> normalised units, per channel
         lo, hi = (bounds[0] - m) / s, (bounds[1] - m) / s
-        adv = {"clean": x, "fgsm": fgsm(fn, x, y, eps, lo, hi),
+        grad = input_grad(fn, x, y)  # (B, ...)
+        hits["zero_grad"] += int((grad.flatten(1) == 0).all(dim=1).sum())  # masked: FGSM cannot move these
+        adv = {"clean": x, "fgsm": fgsm(fn, x, y, eps, lo, hi, grad),
                "pgd": pgd(fn, x, y, eps, lo, hi, steps=steps, step_size=step, generator=generator)}
         with torch.no_grad():
             for name, inputs in adv.items():
@@ -152,7 +158,8 @@ def attack_top1(fn: Forward, data: DataSplits, spec: RobustnessSpec, *, n: int, 
 def robustness_metrics(spec: RobustnessSpec, data: DataSplits, trained: dict[str, Trained], *,
                        batch_size: int | None, seed: int) -> dict[str, dict[str, Any]]:
     """Per role, the report's robustness metrics: ``robust_clean_top1`` (clean top-1 on the attacked samples),
-    ``fgsm_top1``, ``pgd_top1`` and the settings used (``robust_eps``, ``pgd_steps``, ``pgd_step_size``,
+    ``fgsm_top1``, ``pgd_top1``, ``zero_grad_share`` (the share of samples whose input gradient is exactly zero:
+    gradient masking made visible) and the settings used (``robust_eps``, ``pgd_steps``, ``pgd_step_size``,
     ``robust_range``, ``robust_samples``). A teacher is attacked through its frozen wrapper (``Trained.frozen``)."""
     check_inputs(data)
     n = len(data.test) if spec.samples is None else min(spec.samples, len(data.test))
@@ -168,5 +175,5 @@ def robustness_metrics(spec: RobustnessSpec, data: DataSplits, trained: dict[str
             top1 = attack_top1(forward_of(model, keys), data, spec, n=n, batch_size=bs, seed=seed, bounds=bounds,
                                device=device)
         out[role] = {"robust_clean_top1": top1["clean"], "fgsm_top1": top1["fgsm"], "pgd_top1": top1["pgd"],
-                     **settings}
+                     "zero_grad_share": top1["zero_grad"], **settings}
     return out
