@@ -210,6 +210,8 @@ def pruned_student(teacher: nn.Module, example: Tensor, *, target_params: int | 
     a random-initialised student of the same size). ``example``: a batch of training inputs, for tracing."""
     if (target_params is None) == (target_macs is None):
         raise DistillError(f"{where}.from_teacher: prune needs exactly one of target_params, target_macs")
+    if not isinstance(example, Tensor):  # torch-pruning traces a model called on one tensor
+        raise DistillError(f"{where}.from_teacher: prune needs a teacher that reads one tensor, not a dict of fields")
     measure: Literal["params", "macs"] = "params" if target_macs is None else "macs"
     target = int(target_params if target_macs is None else target_macs)  # type: ignore[arg-type]
     was = teacher.training
