@@ -5,9 +5,9 @@
 - ``demo``: the demo recipe (``recipes/mnist-transfer-kd.yaml``, unchanged) with ``eval.robustness`` turned on
   by command-line overrides: the pretrained ccexam CNN, the 784-32-10 MLP from scratch on 1,000 labels, the same
   MLP distilled at T=4.
-- ``defensive``: ``recipes/mnist-defensive.yaml``: defensive distillation (Papernot et al. 2016) as far as this
-  library goes (the teacher was trained at T=1; see the recipe), KD at T=20 on soft labels alone into a 784-256-
-  256-10 MLP, against the same MLP trained on every label.
+- ``defensive``: ``recipes/mnist-defensive.yaml``: defensive distillation (Papernot et al. 2016, method
+  ``defensive``): a 784-256-256-10 MLP trained at T=100 on the teacher's soft labels alone, evaluated at T=1,
+  against the same MLP trained on every label.
 
 Every run uses the same attack settings (``--eps``, ``--steps``, ``--samples``: the first N test images, 0 for the
 whole test split) and goes to ``runs/robustness/<setting>/seed<k>/``. A finished run evaluated with these settings
@@ -34,7 +34,7 @@ SETTINGS = {
     "demo": ("recipes/mnist-transfer-kd.yaml", ["eval.latency=false"],
              "demo: ccexam CNN -> 784-32-10 MLP, KD T=4, 100 labels per class"),
     "defensive": ("recipes/mnist-defensive.yaml", [],
-                  "defensive distillation: ccexam CNN -> 784-256-256-10 MLP, KD T=20, soft labels only"),
+                  "defensive distillation: ccexam CNN -> 784-256-256-10 MLP at T=100, soft labels only"),
 }
 METRICS = ("robust_clean_top1", "fgsm_top1", "pgd_top1", "zero_grad_share")  # the table's columns, in order
 ROLES = (("teacher", "teacher (ccexam CNN)"), ("scratch", "scratch student"), ("student", "distilled student"))

@@ -6,6 +6,7 @@ from distill.methods import (  # noqa: F401  (registration side effects)
     cc,
     ce,
     crd,
+    defensive,
     dist,
     dkd,
     embedding,
@@ -36,6 +37,7 @@ from distill.methods.base import METHODS, Method, MethodSet, labelled_cross_entr
 from distill.methods.cc import CC
 from distill.methods.ce import CE
 from distill.methods.crd import CRD
+from distill.methods.defensive import DefensiveDistillation
 from distill.methods.dist import DIST
 from distill.methods.dkd import DKD
 from distill.methods.embedding import EmbeddingDistillation
@@ -60,8 +62,8 @@ from distill.methods.uld import ULD
 from distill.methods.vid import VID
 
 __all__ = ["METHODS", "Method", "MethodSet", "labelled_cross_entropy", "build_method",
-           "AB", "AT", "CC", "CE", "CRD", "DIST", "DKD", "EmbeddingDistillation", "FitNet", "FSP", "FT", "HKD",
-           "IRG", "KD", "KDSVD",
+           "AB", "AT", "CC", "CE", "CRD", "DefensiveDistillation", "DIST", "DKD", "EmbeddingDistillation", "FitNet",
+           "FSP", "FT", "HKD", "IRG", "KD", "KDSVD",
            "LogitMatching", "LSR", "NST", "OFD", "PKT", "ReviewKD", "RKD", "SP", "TfKD", "TinyBERT", "ULD", "VID"]
 
 
