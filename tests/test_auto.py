@@ -13,6 +13,7 @@ import pytest
 
 import distill
 from distill.errors import DistillError
+from distill.recipe import recipe_from_dict
 from distill.search.space import default_space, parse, scale_student, temperatures, trial_recipe
 from distill.search.study import Budget, _pruning_hook
 from helpers import cli, digits_recipe, write_recipe
@@ -43,8 +44,23 @@ def test_student_width_and_depth_scale_zoo_families() -> None:
     assert scale_student({"name": "resnet8"}, 1.0, 2.0)["name"] == "resnet14"
     wrn = scale_student({"name": "wrn", "depth": 16, "width": 2}, 2.0, 0.5)
     assert wrn == {"name": "wrn", "depth": 10, "width": 4}
-    with pytest.raises(DistillError, match="zoo families"):
+    with pytest.raises(DistillError, match="zoo families mlp, cnn, wrn and resnet<N>, not 'lenet5'"):
         scale_student({"name": "lenet5"}, 2.0, 1.0)
+    with pytest.raises(DistillError, match="search.space: student.width / student.depth: .* own arguments"):
+        trial_recipe({"student": {"name": "lenet5"}}, {"student.width": 2.0})
+
+
+def test_a_student_scaled_from_the_teacher_is_a_named_zoo_student() -> None:
+    raw = digits_recipe(Path("/tmp/x"), student={"from_teacher": "scale", "width": 0.25, "depth": 0.5})
+    raw["teacher"]["hidden"] = [64, 64]
+    student = recipe_from_dict(raw).student
+    assert (student.name, student.kwargs, student.from_teacher) == ("mlp", {"hidden": [16]}, None)
+    raw["student"]["width"] = 0
+    with pytest.raises(DistillError, match="student.width: a positive multiplier"):
+        recipe_from_dict(raw)
+    raw["student"]["width"], raw["teacher"] = 0.5, {"name": "lenet5"}
+    with pytest.raises(DistillError, match="student.from_teacher: scale: width / depth multipliers apply"):
+        recipe_from_dict(raw)
 
 
 def test_default_space_and_shared_temperatures() -> None:
@@ -133,3 +149,14 @@ def test_bad_search_sections_fail_before_anything_runs(tmp_path: Path, capsys: p
     code, _, err = cli(capsys, "auto", str(write_recipe(tmp_path, raw)), "--trials", "1")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_auto_searches_the_size_of_a_student_pruned_from_a_teacher_trained_here(tmp_path: Path) -> None:
+    raw = digits_recipe(tmp_path, student={"from_teacher": "prune", "target_params": 2000},
+                        search={"space": {"student.target_params": [1500, 3000], **SPACE}, "epochs": 1})
+    res = distill.auto(write_recipe(tmp_path, raw), trials=2, log=lambda _: None)
+    assert (tmp_path / "out/teacher/model.safetensors").is_file()  # trained once, then pruned by every trial
+    for row in res.trials:
+        assert row["params"] <= row["values"]["student.target_params"]
+    assert res.reports[0].is_file()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distill.errors import DistillError, single_line
 from distill.registry import closest
-from distill.search.space import SearchSpec
+from distill.search.space import SearchSpec, scaled_from_teacher
 from distill.spec_check import numbers_in, printable_key
 from distill.yaml_io import load_yaml, read_yaml
 
@@ -128,7 +128,8 @@ class ModelSpec(_Open):
     # a teacher built with its trained weights (an hf `path`, an external model that loads its own): used as is
     pretrained: bool | None = None
     # a student built from the teacher: `prune` is a pruned copy of it at one of the targets (distill.pruned); its
-    # `init: pruned | random` stays among the extra keys, which are builder arguments otherwise (static's `init`)
+    # `init: pruned | random` stays among the extra keys, which are builder arguments otherwise (static's `init`).
+    # (`from_teacher: scale` never reaches here: the recipe resolves it into a named zoo student, search.space)
     from_teacher: Literal["prune"] | None = None
     target_params: int | None = Field(None, ge=1)
     target_macs: int | None = Field(None, ge=1)
@@ -255,6 +256,8 @@ class Recipe(_Strict):
         name = teacher.get("name") if isinstance(teacher, dict) and isinstance(teacher.get("name"), str) else ""
 
         def named(spec: Any) -> Any:
+            if isinstance(spec, dict) and spec.get("from_teacher") == "scale":
+                return scaled_from_teacher(spec, teacher)
             unnamed = isinstance(spec, dict) and "from_teacher" in spec and "name" not in spec
             return {"name": name, **spec} if unnamed else spec
         if isinstance(raw, dict) and "student" in raw:

@@ -104,9 +104,10 @@ def _base(recipe: str | Path, overrides: list[str]) -> tuple[dict[str, Any], Any
 def _teacher_once(raw: dict[str, Any], base: Any, data: Any, log: Any) -> dict[str, Any]:
     """A teacher without weights is trained once, into ``<output_dir>/teacher/``, and every trial loads it."""
     from distill.plan import plan_from_recipe
+    from distill.pruned import teacher_only
     from distill.run import obtain_teacher
 
-    plan = plan_from_recipe(base, data=data)
+    plan = plan_from_recipe(teacher_only(base), data=data)  # a student pruned from it needs it trained first
     if plan.teacher is None or plan.teacher.train is None:
         return raw
     weights = obtain_teacher(plan, resume=True, log=log).weights

@@ -93,7 +93,9 @@ def default_space(raw: dict[str, Any]) -> dict[str, Any]:
         "method": {"kd": {"T": TEMPERATURES, "alpha": RangeSpec(low=0.0, high=1.0)},
                    "dkd": {"T": TEMPERATURES}, "dist": {"T": TEMPERATURES}},
         "train.optimizer.lr": RangeSpec(low=lr / 4, high=lr * 4, log=True)}
-    family = _family(str((raw.get("student") or {}).get("name", "")))
+    student = raw.get("student") or {}
+    # a pruned student's size is its target (search student.target_params), not a zoo family's width
+    family = None if student.get("from_teacher") else _family(str(student.get("name", "")))
     if family in ("mlp", "cnn", "wrn"):
         space["student.width"] = RangeSpec(low=0.5, high=2.0)
     if family is not None:
@@ -157,7 +159,11 @@ def trial_recipe(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         out["methods"] = [{"name": name, **kept, **args}, *out.get("methods", [])[1:]]
     width, depth = values.get("student.width"), values.get("student.depth")
     if width is not None or depth is not None:
-        out["student"] = scale_student(out.get("student") or {}, width or 1.0, depth or 1.0)
+        try:
+            out["student"] = scale_student(out.get("student") or {}, width or 1.0, depth or 1.0)
+        except DistillError as e:
+            raise DistillError(f"search.space: student.width / student.depth: {e}; search the student's own "
+                               "arguments instead (e.g. student.hidden: [[16], [32]])") from None
     paths = [f"{k}={json.dumps(v)}" for k, v in values.items()
              if not k.startswith("method") and k not in ("student.width", "student.depth")]
     return apply_overrides(out, paths)
@@ -176,9 +182,8 @@ def scale_student(spec: dict[str, Any], width: float, depth: float) -> dict[str,
     name = str(spec.get("name", ""))
     family = _family(name)
     if family is None:
-        raise DistillError(f"search.space: student.width / student.depth scale the zoo families mlp, cnn, wrn and "
-                           f"resnet<N>; student '{name}' is none of them: search its own arguments instead "
-                           "(e.g. student.hidden: [[16], [32]])")
+        raise DistillError(f"width / depth multipliers apply to the zoo families mlp, cnn, wrn and resnet<N>, not "
+                           f"'{name}'")
     defaults = {k: p.default for k, p in options_of(MODELS.get(name)).items()}
     out = dict(spec)
     if family == "resnet":
@@ -199,3 +204,25 @@ def scale_student(spec: dict[str, Any], width: float, depth: float) -> dict[str,
     if family == "cnn" and int(spec.get("hidden", defaults["hidden"])) > 0:
         out["hidden"] = max(1, round(int(spec.get("hidden", defaults["hidden"])) * width))
     return out
+
+
+# a teacher's keys that describe its weights and preprocessing, not its architecture
+_NOT_ARCHITECTURE = ("weights", "classes", "resize", "resize_margin", "normalize", "train", "pretrained", "inputs")
+
+
+def scaled_from_teacher(spec: dict[str, Any], teacher: Any) -> dict[str, Any]:
+    """``student: {from_teacher: scale, width: w, depth: d}``: the teacher's zoo architecture with its width and
+    depth multiplied (``scale_student``), as a plain named student spec (randomly initialised)."""
+    where = "student.from_teacher: scale"
+    if not isinstance(teacher, dict) or not isinstance(teacher.get("name"), str):
+        raise DistillError(f"{where} needs a teacher section naming its model")
+    factors = {k: spec.get(k, 1.0) for k in ("width", "depth")}
+    for k, v in factors.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise DistillError(f"student.{k}: a positive multiplier of the teacher's {k} (got {v!r})")
+    rest = {k: v for k, v in spec.items() if k not in ("from_teacher", "width", "depth", "name")}
+    arch = {k: v for k, v in teacher.items() if k not in _NOT_ARCHITECTURE}
+    try:
+        return {**scale_student(arch, float(factors["width"]), float(factors["depth"])), **rest}
+    except DistillError as e:
+        raise DistillError(f"{where}: {e}") from None
