@@ -82,7 +82,8 @@ def table(a: argparse.Namespace, budget: float, search: dict, chosen: dict, fina
     command = f"OMP_NUM_THREADS=2 .venv/bin/python benchmarks/auto.py --trials {a.trials} --seeds {a.seeds}"
     lines = [f"```bash\n{command}\n```",
              "", f"Budget: batch-1 latency <= **{budget:.4f} ms**, the demo student's, measured as every trial is "
-             f"(median of 200 timed forwards). Search: {len(rows)} trials, {count['complete']} trained to the end, "
+             f"(the lowest of 5 medians of 200 timed forwards). Search: {len(rows)} trials, {count['complete']} "
+             "trained to the end, "
              f"**{count['pruned']} pruned early** (Median pruner on validation top-1), {count['over budget']} over "
              f"the budget (never trained); search time {search['seconds']:.0f} s, whole command (search + "
              f"{a.seeds} final seeds) {wall:.0f} s. Chosen: trial {chosen['trial']}, "
