@@ -14,7 +14,7 @@ import pytest
 import distill
 from distill.errors import DistillError
 from distill.recipe import recipe_from_dict
-from distill.search.space import default_space, parse, scale_student, temperatures, trial_recipe
+from distill.search.space import default_space, parse, recipe_params, scale_student, temperatures, trial_recipe
 from distill.search.study import Budget, _pruning_hook
 from helpers import cli, digits_recipe, write_recipe
 
@@ -70,6 +70,17 @@ def test_default_space_and_shared_temperatures() -> None:
     assert temperatures(parse({"method": {"kd": {"T": {"low": 1, "high": 8}}}})) is None  # continuous: no sharing
 
 
+def test_the_first_trial_is_the_recipe_as_written() -> None:
+    raw = digits_recipe(Path("/tmp/x"))  # kd T=4 alpha 0.5, adam lr 0.003, mlp [16]
+    params = recipe_params(raw, default_space(raw))
+    assert params == {"method": "kd", "kd.T": "4", "kd.alpha": 0.5, "train.optimizer.lr": 0.003,
+                      "student.width": 1.0, "student.depth": "1.0"}
+    assert trial_recipe(raw, {"method": "kd", "method.kd.T": 4, "method.kd.alpha": 0.5, "train.optimizer.lr": 0.003,
+                              "student.width": 1.0, "student.depth": 1.0})["student"] == raw["student"]
+    other = parse({"method": {"dkd": {"T": [1, 2]}}, "train.optimizer.lr": {"low": 0.1, "high": 1.0}})
+    assert recipe_params(raw, other) == {}  # what the space cannot express is left to the sampler
+
+
 def test_budget_text_is_parsed_or_refused() -> None:
     assert Budget.parse("latency_ms_b1<=0.5") == Budget("latency_ms_b1", 0.5)
     assert Budget.parse(" params <= 20000 ") == Budget("params", 20000.0)
@@ -116,13 +127,14 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path: Pat
 
 @pytest.mark.slow
 def test_python_auto_with_a_params_budget_and_the_pareto_objective(tmp_path: Path) -> None:
-    space = {**SPACE, "student.hidden": [[8], [64, 64]]}
+    space = {**SPACE, "student.hidden": [[16], [64, 64]]}
     res = distill.auto(_recipe(tmp_path, space=space), trials=4, budget="params<=2000", objective="pareto",
                        log=lambda _: None)
     over = [r for r in res.trials if r["state"] == "over budget"]
     assert all(r["params"] > 2000 and r["values"]["student.hidden"] == [64, 64] for r in over)
     assert not any((Path(r["folder"]) / "student").exists() for r in over)  # never trained
     assert res.chosen["params"] <= 2000 and res.chosen["state"] == "complete"
+    assert res.trials[0]["values"]["student.hidden"] == [16]  # trial 0: the recipe as written
     assert res.reports[0].is_file() and res.pareto.stat().st_size > 0
 
 

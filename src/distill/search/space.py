@@ -127,6 +127,64 @@ def _suggest(trial: Any, key: str, dist: Dist) -> Any:
     return json.loads(trial.suggest_categorical(key, encoded))
 
 
+def recipe_params(raw: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as written, in the space's terms (Optuna parameter names and values): the search's first trial,
+    so that what it chooses is never worse on validation than the recipe it started from. Dimensions whose
+    recipe value the space cannot express are left out (Optuna samples them)."""
+    from distill.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({k: v for k, v in raw.items() if k != "search"}, source="search")
+    params: dict[str, Any] = {}
+    for key, dist in space.items():
+        if key == "method":
+            first = recipe.methods[0]
+            if first.name in dist:
+                params["method"] = first.name
+                args = _method_args(first)
+                for arg, d in dist[first.name].items():
+                    _express(params, f"{first.name}.{arg}", d, args.get(arg))
+            continue
+        now = 1.0 if key in ("student.width", "student.depth") else _at_path(recipe.model_dump(), key)
+        _express(params, key, dist, now)
+    return params
+
+
+def _method_args(spec: Any) -> dict[str, Any]:
+    """A recipe's method entry's arguments, its class defaults filled in."""
+    import inspect
+
+    from distill.methods import METHODS
+
+    sig = inspect.signature(METHODS.get(spec.name))
+    defaults = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **spec.kwargs}
+
+
+def _at_path(tree: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        elif isinstance(tree, dict):
+            tree = tree.get(part)
+        else:
+            return None
+    return tree
+
+
+def _express(params: dict[str, Any], name: str, dist: Dist, value: Any) -> None:
+    """Set ``params[name]`` to ``value`` as the distribution encodes it, when it can hold it."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(dist, RangeSpec):
+        if isinstance(value, (int, float)) and dist.low <= value <= dist.high:
+            params[name] = int(value) if dist.integer else float(value)
+        return
+    for choice in dist:
+        if choice == value:
+            params[name] = json.dumps(choice)
+            return
+
+
 def temperatures(space: dict[str, Any]) -> list[float] | None:
     """Every T the space can choose (for one shared cache), or None when some T is a continuous range."""
     found: set[float] = set()

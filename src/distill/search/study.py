@@ -19,7 +19,7 @@ from typing import Any
 from distill.data import DataSplits, head
 from distill.errors import DistillError
 from distill.evaluate import count_params, latency_ms
-from distill.search.space import sample, trial_recipe
+from distill.search.space import recipe_params, sample, trial_recipe
 
 Log = Callable[[str], None]
 STUDY = "distill-auto"
@@ -50,13 +50,17 @@ class Budget:
         return f"{self.metric}<={self.limit:g}"
 
 
-def measure(model: Any, data: DataSplits, rounds: int = 5) -> dict[str, float]:
-    """The student's size and batch-1 latency: the lowest of ``rounds`` medians of up to 200 timed forwards (20
-    warm-up ones each). A small model's latency is tens of microseconds, where one median still moves by 2x with
-    what else the CPU does (a cold first measurement, a background process); the lowest median is what the model
-    costs when the machine lets it, the same for every trial."""
-    sample = head(data.test, 1)
-    best = min(latency_ms(model, sample, 1, repeats=200, warmup=20, budget_s=1.0) for _ in range(rounds))
+def measure(model: Any, data: DataSplits, rounds: int = 10, pause_s: float = 0.15) -> dict[str, float]:
+    """The student's size and batch-1 latency: the lowest of ``rounds`` medians of up to 100 timed forwards,
+    spread over ~``rounds * pause_s`` seconds. A small model's batch-1 forward takes tens of microseconds, and
+    this machine has slow spells lasting up to a second during which a median doubles: a single median, or
+    several taken back to back, decided whether two identical students fit a budget. The lowest spread-out
+    median is what the model costs when the machine lets it, the same for every trial."""
+    sample, best = head(data.test, 1), float("inf")
+    for i in range(rounds):
+        if i:
+            time.sleep(pause_s)
+        best = min(best, latency_ms(model, sample, 1, repeats=100, warmup=10, budget_s=0.5))
     return {"params": float(count_params(model)), "latency_ms_b1": best}
 
 
@@ -91,6 +95,8 @@ def open_study(search: Search, seed: int) -> Any:
     if len(study.directions) != (2 if search.pareto else 1):
         raise DistillError(f"{search.out / 'study.db'} holds a search with another --objective; give the same "
                            "objective or another output_dir")
+    if not study.trials:  # a new study starts from the recipe as written
+        study.enqueue_trial(recipe_params(search.raw, search.space), skip_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params)
