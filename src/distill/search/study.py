@@ -78,6 +78,11 @@ class Search:
     cache_path: Path | None
     log: Log
 
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs each trial trains: ``search.epochs``, else the recipe's."""
+        return self.epochs or int((self.raw.get("train") or {}).get("epochs", 10))
+
 
 def open_study(search: Search, seed: int) -> Any:
     """The study in ``<out>/study.db`` (created or reopened); trials a kill interrupted are re-queued."""
@@ -88,7 +93,10 @@ def open_study(search: Search, seed: int) -> Any:
     storage = optuna.storages.RDBStorage(f"sqlite:///{(search.out / 'study.db').resolve()}")
     # a trial's budget violation (Trial.set_constraint) steers the TPE sampler towards students that fit
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    # a trial is compared with the others from its middle epoch on, and only once 3 trials have reached that
+    # epoch: trials over the budget never report, and a slow start (a low lr) is not a weak trial
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=max(0, search.trial_epochs // 2 - 1),
+                                         n_min_trials=3)
     study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True, sampler=sampler,
                                 pruner=pruner, directions=["maximize", "minimize"] if search.pareto else
                                 ["maximize"])
