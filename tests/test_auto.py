@@ -172,3 +172,14 @@ def test_auto_searches_the_size_of_a_student_pruned_from_a_teacher_trained_here(
     for row in res.trials:
         assert row["params"] <= row["values"]["student.target_params"]
     assert res.reports[0].is_file()
+
+
+def test_a_budget_of_the_recipes_own_student_lets_that_student_fit(tmp_path: Path) -> None:
+    """`<=recipe`: the recipe's student is measured once, and every trial with that architecture reuses it."""
+    space = {"student.hidden": [[16], [16, 16]], "train.optimizer.lr": [0.003]}
+    raw = digits_recipe(tmp_path, search={"space": space, "epochs": 1}, compare=False)
+    raw["teacher"]["train"]["epochs"] = 1
+    res = distill.auto(write_recipe(tmp_path, raw), trials=3, budget="params<=recipe", log=lambda _: None)
+    assert all(r["state"] == ("complete" if r["values"]["student.hidden"] == [16] else "over budget")
+               for r in res.trials)
+    assert Budget.parse("latency_ms_b1<=recipe").of_recipe

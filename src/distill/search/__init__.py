@@ -42,11 +42,12 @@ class AutoResult:
 def auto(recipe: str | Path, *, overrides: list[str] | None = None, trials: int | None = None,
          budget: str | None = None, objective: str = "accuracy", seeds: int = 1, log: Any = print) -> AutoResult:
     """Search ``recipe``'s space (its ``search`` section, or the default of ``distill.search.space``) for
-    ``trials`` trials (default ``search.trials``), keeping students within ``budget`` (``"latency_ms_b1<=X"`` or
-    ``"params<=N"``); ``objective``: ``accuracy`` (best validation top-1, weak trials pruned early) or ``pareto``
-    (accuracy and cost both, no pruning). Then runs the chosen recipe for ``seeds`` seeds with its report."""
+    ``trials`` trials (default ``search.trials``), keeping students within ``budget`` (``"latency_ms_b1<=X"``,
+    ``"params<=N"``, or ``<=recipe``: no more than the recipe's own student); ``objective``: ``accuracy`` (best
+    validation top-1, weak trials pruned early) or ``pareto`` (accuracy and cost both, no pruning). Then runs the
+    chosen recipe for ``seeds`` seeds with its report."""
     from distill.search.report import choose, rows, write_outputs
-    from distill.search.study import Budget, Search, finished, open_study
+    from distill.search.study import Budget, Search, finished, open_study, resolve_budget
     from distill.search.study import objective as run_trial
 
     if importlib.util.find_spec("optuna") is None:
@@ -66,6 +67,8 @@ def auto(recipe: str | Path, *, overrides: list[str] | None = None, trials: int 
     search = Search(raw=raw, space=space, data=data, out=base.out, budget=limit, pareto=objective == "pareto",
                     epochs=spec.epochs, cache_path=_shared_cache(raw, base, data, space, log), log=log)
     study = open_study(search, base.seed)
+    resolve_budget(search, study, base)
+    limit = search.budget
     started, before = time.perf_counter(), float(study.user_attrs.get("seconds", 0.0))
     todo = (trials or spec.trials) - finished(study)
     log(f"auto: {todo} trial(s) to run in {base.out} (budget {limit or 'none'}, objective {objective})")
@@ -74,7 +77,8 @@ def auto(recipe: str | Path, *, overrides: list[str] | None = None, trials: int 
     seconds = before + time.perf_counter() - started
     study.set_user_attr("seconds", seconds)
     table = rows(study, limit)
-    extra = {"recipe": str(recipe), "objective": objective, "seconds": seconds}
+    extra = {"recipe": str(recipe), "objective": objective, "seconds": seconds,
+             "budget_metric": limit.metric if limit else None, "budget_limit": limit.limit if limit else None}
     chosen = None
     try:
         chosen = choose(table, limit)
@@ -117,6 +121,7 @@ def _teacher_once(raw: dict[str, Any], base: Any, data: Any, log: Any) -> dict[s
 def _shared_cache(raw: dict[str, Any], base: Any, data: Any, space: dict[str, Any], log: Any) -> Path | None:
     """Build the teacher cache every logit-method trial reads, once, with every temperature the space can pick;
     None (each trial decides alone) without a teacher, with the cache off, or when T is a continuous range."""
+    from distill.build import build_methods
     from distill.cache.plan import obtain_cache
     from distill.methods import MethodSet
     from distill.methods.kd import KD
@@ -133,7 +138,8 @@ def _shared_cache(raw: dict[str, Any], base: Any, data: Any, space: dict[str, An
     path = Path(base.cache.path) if base.cache.path else base.out / "cache"
     shared = trial_recipe({**raw, "cache": {**_cache_dict(raw), "path": str(path)}}, {})
     plan = plan_from_recipe(recipe_from_dict(shared, source="search"), data=data)
-    every_t = MethodSet([KD(T=t) for t in temps or [1.0]])
+    # the space's temperatures and those of the recipe's own methods (kept by trials that do not vary them)
+    every_t = MethodSet([KD(T=t) for t in sorted({*temps, *build_methods(base).cache_temperatures()})])
     obtain_cache(replace(plan, methods=every_t), plan.teacher.frozen(data), log=log)
     return path
 
