@@ -73,8 +73,8 @@ def test_default_space_and_shared_temperatures() -> None:
 def test_the_first_trial_is_the_recipe_as_written() -> None:
     raw = digits_recipe(Path("/tmp/x"))  # kd T=4 alpha 0.5, adam lr 0.003, mlp [16]
     params = recipe_params(raw, default_space(raw))
-    assert params == {"method": "kd", "kd.T": "4", "kd.alpha": 0.5, "train.optimizer.lr": 0.003,
-                      "student.width": 1.0, "student.depth": "1.0"}
+    assert params == {"method": "kd", "kd.T": "4", "kd.alpha": 0.5, "kd.standardize": "false",
+                      "train.optimizer.lr": 0.003, "student.width": 1.0, "student.depth": "1.0"}
     assert trial_recipe(raw, {"method": "kd", "method.kd.T": 4, "method.kd.alpha": 0.5, "train.optimizer.lr": 0.003,
                               "student.width": 1.0, "student.depth": 1.0})["student"] == raw["student"]
     other = parse({"method": {"dkd": {"T": [1, 2]}}, "train.optimizer.lr": {"low": 0.1, "high": 1.0}})

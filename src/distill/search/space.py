@@ -9,8 +9,9 @@ range. Three keys are special:
   (``mlp``: hidden widths / hidden layers; ``cnn``: channels / stages; ``wrn``: widen factor / blocks;
   ``resnet<N>``: depth only, by the nearest registered depth).
 
-With no ``search.space`` the default searches the method (kd, dkd, dist with their T), kd's alpha, the learning
-rate (a factor of 4 around the recipe's) and, for the families above, the student's width and depth.
+With no ``search.space`` the default searches the method (kd, dkd, dist with their T; logit standardisation for
+kd and dkd), kd's alpha, the learning rate (a factor of 4 around the recipe's) and, for the families above, the
+student's width and depth.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def default_space(raw: dict[str, Any]) -> dict[str, Any]:
     """The space searched when the recipe gives none (see the module doc)."""
     lr = float(((raw.get("train") or {}).get("optimizer") or {}).get("lr", 0.05))
     space: dict[str, Any] = {
-        "method": {"kd": {"T": TEMPERATURES, "alpha": RangeSpec(low=0.0, high=1.0)},
-                   "dkd": {"T": TEMPERATURES}, "dist": {"T": TEMPERATURES}},
+        # logit standardisation (Sun et al. 2024) for kd and dkd: what `distill run` suggests for a teacher whose
+        # soft targets are nearly one-hot
+        "method": {"kd": {"T": TEMPERATURES, "alpha": RangeSpec(low=0.0, high=1.0), "standardize": [False, True]},
+                   "dkd": {"T": TEMPERATURES, "standardize": [False, True]}, "dist": {"T": TEMPERATURES}},
         "train.optimizer.lr": RangeSpec(low=lr / 4, high=lr * 4, log=True)}
     student = raw.get("student") or {}
     # a pruned student's size is its target (search student.target_params), not a zoo family's width
