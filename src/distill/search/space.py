@@ -176,14 +176,14 @@ def _at_path(tree: Any, path: str) -> Any:
 
 def _express(params: dict[str, Any], name: str, dist: Dist, value: Any) -> None:
     """Set ``params[name]`` to ``value`` as the distribution encodes it, when it can hold it."""
-    if value is None or isinstance(value, bool):
+    if value is None:
         return
     if isinstance(dist, RangeSpec):
-        if isinstance(value, (int, float)) and dist.low <= value <= dist.high:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high:
             params[name] = int(value) if dist.integer else float(value)
         return
     for choice in dist:
-        if choice == value:
+        if choice == value and isinstance(choice, bool) == isinstance(value, bool):  # True is not the choice 1
             params[name] = json.dumps(choice)
             return
 
