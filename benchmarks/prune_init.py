@@ -97,7 +97,7 @@ def pair_section(name: str, runs: dict[str, list[dict]]) -> str:
     lines = [f"**{PAIRS[name]['what']}** (student {params:,} params, teacher "
              f"{first['models']['teacher']['params']:,}; teacher test top-1 "
              f"{100 * first['models']['teacher']['top1']:.2f}%)", "",
-             "| student | seeds | top-1 last (%) | top-1 best (%) |", "|---|---:|---:|---:|"]
+             "| student | seeds | top-1 last (%) | top-1 at best-val epoch (%) |", "|---|---:|---:|---:|"]
     rows = [(f"init: {init}, kd", [r["models"]["student"] for r in runs[init]]) for init in INITS]
     if "scratch" in first["models"]:
         rows += [(label, [r["models"]["scratch"] for r in runs[init]]) for init, label in
