@@ -80,7 +80,7 @@ def table(a: argparse.Namespace, budget: float, search: dict, chosen: dict, fina
              f"{a.seeds} final seeds) {wall:.0f} s. Chosen: trial {chosen['trial']}, "
              f"`{describe(chosen['values'])}` (validation top-1 {chosen['val_top1']:.2%}, "
              f"{chosen['latency_ms_b1']:.4f} ms, {int(chosen['params']):,} params).", "",
-             "| student | params | latency b1 (ms) | test top-1 last (%) | test top-1 best (%) | seeds |",
+             "| student | params | latency b1 (ms) | test top-1 last (%) | test top-1 at best-val epoch (%) | seeds |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, runs, ms_b1 in (("demo recipe (kd T=4, lr 0.01, hidden [32])", demo, budget),
                               ("chosen by distill auto", final, chosen["latency_ms_b1"])):

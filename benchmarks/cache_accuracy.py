@@ -59,7 +59,7 @@ def main() -> None:
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cache_accuracy.py --seeds {args.seeds} "
                f"--epochs {args.epochs} --samples {args.samples}")
     lines = ["Command:", "", f"    {command}", "",
-             "| teacher outputs | top-1 last (%) | top-1 best (%) | last minus live (points) |",
+             "| teacher outputs | top-1 last (%) | top-1 at best-val epoch (%) | last minus live (points) |",
              "|---|---:|---:|---:|"]
     for v, rows in results.items():
         last = [r[0] for r in rows]
