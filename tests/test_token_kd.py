@@ -126,7 +126,7 @@ def _sparse(t: torch.Tensor, k: int, T: float) -> tuple[torch.Tensor, torch.Tens
 
 @pytest.mark.parametrize("name", DIVERGENCES)
 def test_the_sparse_teacher_is_exact_on_its_support_plus_one_bucket(name: str) -> None:
-    from distill.methods.token_kd import token_divergence_topk
+    from distill.methods.token_sparse import token_divergence_topk
 
     s, t = _logits(6, (3, 4, 13))
     t = t.half().float()  # the values the cache holds, so the check is of the loss, not of fp16 rounding
@@ -151,3 +151,40 @@ def test_the_sparse_teacher_is_exact_on_its_support_plus_one_bucket(name: str) -
     # every token stored: the dense divergence
     dense = token_divergence_topk(s, *_sparse(t, 13, T), name=name, T=T, beta=0.3, skew=0.2)
     assert torch.allclose(dense, token_divergence(s, t, name=name, T=T, beta=0.3, skew=0.2), atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_the_cross_entropy_fused_into_the_chunked_pass_has_both_values_and_every_gradient(sparse: bool,
+                                                                                           T: float) -> None:
+    """With ``ce``, one pass gives the divergence and the cross-entropy; the gradient of any mix of the two (the
+    loss's own, or one term alone as the loss-scale check takes it) equals autograd's over the separate terms."""
+    from distill.methods.token_sparse import token_divergence_topk
+
+    s, t = _logits(6, (2, 6, 11))
+    target = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(1))
+    target[1, :3] = -100
+    keep = target != -100
+    alpha = 0.3
+    opts = dict(name="jsd", mask=keep, T=T, chunk=3)
+
+    def run(x: torch.Tensor, ce=None) -> torch.Tensor:
+        if sparse:
+            return token_divergence_topk(x, *_sparse(t, 4, T), ce=ce, **opts)
+        return token_divergence(x, t, ce=ce, **opts)
+
+    for a, b in [(1.0, alpha), (1.0, 0.0), (0.0, alpha), (0.7, -2.0)]:
+        x, y = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        both = run(x, (target, alpha))
+        assert both.shape == (2,)
+        (a * both[0] + b * both[1]).backward()
+        div, ce = run(y), F.cross_entropy(y[keep], target[keep])
+        (a * div + b * ce).backward()
+        assert torch.allclose(both[0], div, atol=1e-6) and torch.allclose(both[1], ce, atol=1e-6)
+        assert torch.allclose(x.grad, y.grad, atol=1e-6), (a, b)
+    # the method's terms through the fused path equal the separate ones
+    batch = Batch(torch.zeros(2, 6), target, torch.zeros(2))
+    ctx = StepContext(epoch=0, step=0, epochs=1, steps_per_epoch=1)
+    out = TokenKD(divergence="fkl", alpha=alpha)(ModelOutput(s), ModelOutput(t), batch, ctx)
+    assert torch.allclose(out.terms["ce"], alpha * F.cross_entropy(s[keep], target[keep]), atol=1e-6)
+    assert torch.allclose(out.terms["fkl"], token_divergence(s, t, mask=keep), atol=1e-6)

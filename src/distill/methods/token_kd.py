@@ -19,7 +19,9 @@ the value is the divergence itself and the gradient is the same.
 Memory: at a vocabulary of 49,152 one token's fp32 softmax is 192 KiB, so a (batch x sequence, V) pair of them
 is what explodes. ``token_divergence`` computes tokens in chunks of ``chunk`` rows and, while it has a chunk's
 softmaxes, also that chunk's gradient; it keeps only the gradient (in the logits' dtype, the size of the logits
-themselves). So at most one chunk of (chunk, V) fp32 temporaries exists at a time, backward included. A chunk
+themselves). So at most one chunk of (chunk, V) fp32 temporaries exists at a time, backward included. The
+method's cross-entropy on token logits (``alpha``) is computed in the same pass, into the same gradient buffer:
+one read of the logits and one (tokens, V) gradient for both terms instead of two summed by autograd. A chunk
 is also kept under 16 MiB per fp32 temporary (64 tokens at V = 49,152): pieces that size are reused by the C
 allocator, while larger ones are mapped afresh and page-faulted in on every use.
 """
@@ -83,35 +85,95 @@ Pair = Callable[[Tensor, slice], tuple[Tensor, Tensor]]  # (n, V) fp32 student l
 CHUNK_BYTES = 16 << 20  # the most one (chunk, V) fp32 temporary may take (module docstring)
 
 
+Extra = Callable[[Tensor, slice], Tensor]  # (n, V) fp32 student logits of rows -> (n,) per-token extra term
+# One chunk's work: (s_c (n, V) fp32 logits of ``rows``, per-token weights w (n,), coefficients (c_div, c_extra),
+# out (n, V) fp32 to fill with the gradient of c_div * divergence + c_extra * extra, or None) -> the chunk's two
+# weighted sums (divergence, extra; 0 without an extra term), as scalars
+Step = Callable[[Tensor, slice, Tensor, tuple[float, float], Tensor | None], tuple[Tensor, Tensor]]
+
+
+def autograd_step(fn: Divergence, pair: Pair, extra: Extra | None) -> Step:
+    """A chunk step whose gradient autograd takes through ``fn(*pair(s_c, rows))`` and ``extra(s_c, rows)``."""
+    def step(s_c: Tensor, rows: slice, w: Tensor, coef: tuple[float, float], out: Tensor | None):
+        with torch.enable_grad():
+            x = s_c.detach().requires_grad_(out is not None)  # (n, V)
+            div = (fn(*pair(x, rows)) * w).sum()
+            ext = (extra(x, rows) * w).sum() if extra is not None else div.new_zeros(())
+            if out is not None:
+                # a term whose coefficient is 0 stays out of the graph: its gradient is 0, not 0 * (inf or nan)
+                terms = [c * v for c, v in zip(coef, (div, ext)) if c and v.requires_grad]
+                out.copy_(torch.autograd.grad(sum(terms), x)[0]) if terms else out.zero_()
+        return div.detach(), ext.detach()
+    return step
+
+
+def _pass(s: Tensor, weights: Tensor, step: Step, chunk: int, coef: tuple[float, float],
+          grad: Tensor | None) -> Tensor:
+    """One chunked pass: (2,) [weighted divergence sum, weighted extra sum]; fills ``grad`` (N, V), when given,
+    with the gradient of coef[0] * divergence + coef[1] * extra."""
+    total = torch.zeros(2, dtype=torch.float32, device=s.device)
+    chunk = max(1, min(chunk, CHUNK_BYTES // (4 * s.shape[-1])))
+    for lo in range(0, s.shape[0], chunk):
+        rows = slice(lo, lo + chunk)
+        w = weights[rows]
+        if not bool((w != 0).any()):
+            continue  # padding only: no loss, zero gradient
+        s_c = s[rows].detach().float()  # (n, V) fp32, a view when the logits are fp32
+        out = None if grad is None else grad[rows] if grad.dtype == torch.float32 else torch.empty_like(s_c)
+        div, ext = step(s_c, rows, w, coef, out)
+        if out is not None and grad.dtype != torch.float32:
+            grad[rows] = out
+        total[0] += div
+        total[1] += ext
+    return total
+
+
 class _Chunked(torch.autograd.Function):
-    """sum_i weights[i] * fn(*pair(s_i, rows)) over token chunks, ``pair`` giving the student's and teacher's
-    log-probs of a chunk; the gradient of each chunk is computed with its forward (see the module docstring).
-    The teacher gets no gradient."""
+    """(2,) [divergence, extra] summed over token chunks by ``step`` (``Step``); the extra term is a second
+    per-token loss of the student's logits alone (the cross-entropy, so it shares the pass). The gradient is
+    computed with the forward for 1 * divergence + ``alpha`` * extra, which is what the loss uses (see the module
+    docstring); a backward with other weights (a per-term gradient, as the loss-scale check takes) recomputes
+    the chunks. The teacher gets no gradient."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, weights: Tensor, fn: Divergence, pair: Pair,  # type: ignore[override]
-                chunk: int) -> Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=s.device)
+    def forward(ctx, s: Tensor, weights: Tensor, step: Step, chunk: int,  # type: ignore[override]
+                alpha: float, fused: bool) -> Tensor:
         grad = torch.zeros_like(s) if ctx.needs_input_grad[0] else None  # (N, V), the logits' dtype
-        chunk = max(1, min(chunk, CHUNK_BYTES // (4 * s.shape[-1])))
-        for lo in range(0, s.shape[0], chunk):
-            rows = slice(lo, lo + chunk)
-            w = weights[rows]
-            if not bool((w != 0).any()):
-                continue  # padding only: no loss, zero gradient
-            with torch.enable_grad():
-                s_c = s[rows].detach().float().requires_grad_(grad is not None)  # (n, V) fp32
-                loss = (fn(*pair(s_c, rows)) * w).sum()
-                if grad is not None:
-                    grad[rows] = torch.autograd.grad(loss, s_c)[0].to(grad.dtype)
-            total += loss.detach()
-        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        total = _pass(s, weights, step, chunk, (1.0, alpha), grad)
+        # the logits are kept only with an extra term, for a per-term backward (the cross-entropy it replaces
+        # would keep a (N, V) log-softmax anyway); without one, nothing of size (N, V) but the gradient is kept
+        keep = s if fused else torch.empty(0)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0), keep, weights)
+        ctx.args = (step, chunk, alpha, fused)
         return total
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return (grad * g if ctx.needs_input_grad[0] else None), None, None, None, None
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 6
+        grad, s, weights = ctx.saved_tensors
+        step, chunk, alpha, fused = ctx.args
+        g_div, g_ext = float(g[0]), float(g[1])
+        if not fused or g_ext == alpha * g_div or math.isclose(g_ext, alpha * g_div, rel_tol=1e-5):
+            return (grad * g[0],) + (None,) * 5
+        other = torch.zeros_like(s)
+        _pass(s, weights, step, chunk, (g_div, g_ext), other)
+        return (other,) + (None,) * 5
+
+
+def chunked(s: Tensor, weights: Tensor, step: Step, chunk: int, ce: tuple[Tensor, float] | None) -> Tensor:
+    """Run ``step`` over (N, V) logits in chunks: the divergence as a scalar, or with ``ce`` = (target, alpha)
+    (the step computing the cross-entropy as its extra term) the (2,) [divergence, cross-entropy]."""
+    if ce is None:
+        return _Chunked.apply(s, weights, step, int(chunk), 0.0, False)[0]
+    return _Chunked.apply(s, weights, step, int(chunk), float(ce[1]), True)
+
+
+def _cross_entropy(target: Tensor) -> Extra:
+    """The per-token cross-entropy of raw logits against ``target`` (N,) (-100: 0) as an extra term."""
+    def cross_entropy(s_c: Tensor, rows: slice) -> Tensor:
+        return F.cross_entropy(s_c, target[rows], ignore_index=IGNORE, reduction="none")  # (n,)
+    return cross_entropy
 
 
 def _flat(logits: Tensor, mask: Tensor | None, T: float, chunk: int) -> tuple[Tensor, Tensor]:
@@ -127,10 +189,12 @@ def _flat(logits: Tensor, mask: Tensor | None, T: float, chunk: int) -> tuple[Te
 
 def token_divergence(student_logits: Tensor, teacher_logits: Tensor, *, name: str = "fkl",
                      mask: Tensor | None = None, T: float = 1.0, beta: float = 0.5, skew: float = 0.1,
-                     chunk: int = 256) -> Tensor:
+                     chunk: int = 256, ce: tuple[Tensor, float] | None = None) -> Tensor:
     """Mean over counted tokens of divergence ``name`` between teacher and student: logits (..., V) (e.g.
     (B, S, V) or (B, C)), ``mask`` (...) of tokens that count (bool or 0/1; default all) -> scalar fp32.
-    ``chunk``: tokens per chunk of fp32 work (memory: about 8 x chunk x V x 4 bytes at once)."""
+    ``chunk``: tokens per chunk of fp32 work (memory: about 8 x chunk x V x 4 bytes at once). With ``ce`` =
+    (targets (...), alpha): (2,) [divergence, cross-entropy of the raw logits over the same tokens], both from
+    one pass over the logits, the gradient taken for divergence + alpha * cross-entropy."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ")
@@ -139,57 +203,8 @@ def token_divergence(student_logits: Tensor, teacher_logits: Tensor, *, name: st
 
     def pair(s_c: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
         return F.log_softmax(s_c / T, dim=-1), F.log_softmax(t[rows].float() / T, dim=-1)
-    return _Chunked.apply(s, weights, divergence(name, beta, skew), pair, int(chunk))
-
-
-def token_divergence_topk(student_logits: Tensor, values: Tensor, indices: Tensor, lse: Tensor, *,
-                          name: str = "fkl", mask: Tensor | None = None, T: float = 1.0, beta: float = 0.5,
-                          skew: float = 0.1, chunk: int = 256) -> Tensor:
-    """``token_divergence`` against a sparse teacher: its top-k logits ``values`` (..., k) at vocabulary ids
-    ``indices`` (..., k) and the log-sum-exp of all its logits at T, ``lse`` (...). Both distributions are
-    taken over the k stored tokens plus one bucket for the rest (the teacher's bucket holds 1 - its top-k mass,
-    the student's the log-sum-exp of its other log-probs), on which the divergence is exact; with k = V it is
-    ``token_divergence``."""
-    s, weights = _flat(student_logits, mask, T, chunk)
-    k = values.shape[-1]
-    vals, idx, lse_t = values.reshape(-1, k), indices.reshape(-1, k).long(), lse.reshape(-1)  # (N, k) (N,)
-
-    def pair(s_c: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
-        log_t_top = vals[rows].float() / T - lse_t[rows, None].float()  # (n, k)
-        t_rest = (1.0 - log_t_top.exp().sum(dim=-1, keepdim=True)).clamp(min=_TINY)  # (n, 1)
-        return _Buckets.apply(s_c, idx[rows], T), torch.cat([log_t_top, t_rest.log()], dim=1)
-    return _Chunked.apply(s, weights, divergence(name, beta, skew), pair, int(chunk))
-
-
-_TINY = torch.finfo(torch.float32).tiny  # a bucket emptied by rounding: finite logs, no 0 * inf
-
-
-class _Buckets(torch.autograd.Function):
-    """(n, V) logits, (n, k) token ids -> (n, k + 1) log-probs at T of those tokens and of the rest (one bucket).
-
-    Its backward is written out, so a chunk costs two passes over (n, V) each way instead of autograd's chain of
-    log-softmax, scatter and log-sum-exp: with q = softmax(s / T), buckets Q_c and g_c = dL / dlog Q_c,
-    dL / ds_v = q_v (g_c(v) / Q_c(v) - sum_c g_c) / T."""
-
-    @staticmethod
-    def forward(ctx, s: Tensor, idx: Tensor, T: float) -> Tensor:  # type: ignore[override]
-        lse = torch.logsumexp(s / T if T != 1.0 else s, dim=-1, keepdim=True)  # (n, 1)
-        log_top = s.gather(1, idx) / T - lse  # (n, k)
-        rest = (1.0 - log_top.exp().sum(dim=-1, keepdim=True)).clamp(min=_TINY)  # (n, 1)
-        out = torch.cat([log_top, rest.log()], dim=1)  # (n, k + 1)
-        ctx.save_for_backward(s, idx, lse, out)
-        ctx.T = T
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
-        s, idx, lse, out = ctx.saved_tensors
-        T = ctx.T
-        total = g.sum(dim=-1, keepdim=True)  # (n, 1)
-        h = g / out.exp()  # (n, k + 1): g_c / Q_c
-        grad = (s / T if T != 1.0 else s).sub(lse).exp_().mul_((h[:, -1:] - total) / T)  # (n, V): all in the rest
-        top = out[:, :-1].exp()  # (n, k)
-        return grad.scatter_(1, idx, top * (h[:, :-1] - total) / T), None, None
+    extra = _cross_entropy(ce[0].reshape(-1).to(s.device)) if ce is not None else None
+    return chunked(s, weights, autograd_step(divergence(name, beta, skew), pair, extra), chunk, ce)
 
 
 @METHODS.register("token_kd")
@@ -222,18 +237,26 @@ class TokenKD(Method):
         assert t is not None, "token_kd needs teacher outputs"
         target = batch.target
         mask = target != IGNORE if target.shape == s.logits.shape[:-1] and s.logits.ndim > 2 else None
-        opts = dict(name=self.divergence, mask=mask, T=self.T, beta=self.beta, skew=self.skew, chunk=self.chunk)
+        # token logits with targets: the cross-entropy shares the divergence's chunked pass (one read of the
+        # logits, one gradient buffer for both terms)
+        fused = (target.reshape(-1), self.alpha) if self.alpha and mask is not None else None
+        opts = dict(name=self.divergence, mask=mask, T=self.T, beta=self.beta, skew=self.skew, chunk=self.chunk,
+                    ce=fused)
         if t.topk is not None and not t.topk.dense:  # a sparse teacher cache: exact on top-k plus the tail
+            from distill.methods.token_sparse import token_divergence_topk
+
             top = t.topk
-            div = token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)],
-                                                      **opts)
+            out = token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)], **opts)
         else:
-            div = token_divergence(s.logits, t.logits, **opts)
-        terms = {self.divergence: div}
-        if self.alpha:
-            terms["ce"] = self.alpha * (
-                F.cross_entropy(s.logits.flatten(0, -2).float(), target.flatten(), ignore_index=IGNORE)
-                if s.logits.ndim > 2 else labelled_cross_entropy(s.logits, target, batch.labelled_count))
+            out = token_divergence(s.logits, t.logits, **opts)
+        if fused is not None:
+            terms = {self.divergence: out[0], "ce": self.alpha * out[1]}
+        else:
+            terms = {self.divergence: out}
+            if self.alpha:
+                terms["ce"] = self.alpha * (
+                    F.cross_entropy(s.logits.flatten(0, -2).float(), target.flatten(), ignore_index=IGNORE)
+                    if s.logits.ndim > 2 else labelled_cross_entropy(s.logits, target, batch.labelled_count))
         return LossOutput(sum(terms.values()), terms)
 
     def accepts_topk(self) -> bool:
