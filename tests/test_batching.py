@@ -1,5 +1,6 @@
 """The measured evaluation batch size (``distill.batching``): a candidate, chosen once per model; the logits at
-the candidate sizes are bit-identical on the CPU for the zoo models tested."""
+the candidate sizes agree to float rounding and give the same predictions (bit-identical on some CPUs, not on
+all: on the CI machine the MLP at batch 32 differed in the last bit, so only metrics use the measured size)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ MODELS = [("mlp", (784,), {"hidden": [64]}), ("cnn", (1, 28, 28), {"channels": [
 
 
 @pytest.mark.parametrize(("name", "shape", "kwargs"), MODELS, ids=[m[0] for m in MODELS])
-def test_logits_are_bit_identical_at_every_candidate_batch_size(name: str, shape: tuple, kwargs: dict) -> None:
+def test_logits_agree_at_every_candidate_batch_size(name: str, shape: tuple, kwargs: dict) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, input_shape=shape, **kwargs)
     x = torch.randn(1100, *shape)
     ref = predict(model, x, batch_size=1000)
     for b in batching.CANDIDATES:
-        assert torch.equal(predict(model, x, batch_size=b), ref), (name, b)
+        out = predict(model, x, batch_size=b)
+        assert torch.allclose(out, ref, rtol=0, atol=1e-5), (name, b)
+        assert torch.equal(out.argmax(1), ref.argmax(1)), (name, b)
 
 
 def test_the_fastest_candidate_is_measured_once_per_model(monkeypatch) -> None:

@@ -52,13 +52,13 @@ def test_pkt_default_equals_reference_formula_and_weight() -> None:
     gen = torch.Generator().manual_seed(0)
     f_s, f_t = torch.randn(8, 5, generator=gen), torch.randn(8, 12, generator=gen)
     f_s[3] = 0.0  # a dead row: the reference's norm + eps path
-    assert pkt_mod.pkt_loss(f_s, f_t).item() == pytest.approx(_reference_pkt(f_s, f_t).item(), rel=1e-6)
+    assert pkt_mod.pkt_loss(f_s, f_t).item() == pytest.approx(_reference_pkt(f_s, f_t).item(), rel=1e-5)
     maps = torch.randn(6, 2, 3, 3, generator=gen), torch.randn(6, 4, 3, 3, generator=gen)  # flattened per sample
     assert pkt_mod.pkt_loss(*maps).item() == pytest.approx(
-        _reference_pkt(maps[0].flatten(1), maps[1].flatten(1)).item(), rel=1e-6)
+        _reference_pkt(maps[0].flatten(1), maps[1].flatten(1)).item(), rel=1e-5)
     assert _default(pkt_mod.PKT, "beta") == 30000.0  # RepDistiller scripts/run_cifar_distill.sh: -b 30000
     out = pkt_mod.PKT(**LAYERS)(*_feats(f_s, f_t), _batch([0] * 8), CTX)
-    assert out.terms["pkt"].item() == pytest.approx(30000.0 * _reference_pkt(f_s, f_t).item(), rel=1e-6)
+    assert out.terms["pkt"].item() == pytest.approx(30000.0 * _reference_pkt(f_s, f_t).item(), rel=1e-5)
 
 
 # -------------------------------------------------------------------------------------------- KD-SVD
@@ -138,12 +138,12 @@ def test_dist_defaults_reproduce_the_official_imagenet_loss() -> None:
     out = dist_mod.DIST()(ModelOutput(z_s), ModelOutput(z_t), _batch(target), CTX)
     # kd_loss.py: DIST(beta=1, gamma=1, tau=1); resnet_dist.yaml: ori_loss_weight 1., kd_loss_weight 2.
     expected = 1.0 * F.cross_entropy(z_s, torch.tensor(target)) + 2.0 * _official_dist(z_s, z_t)
-    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert (_default(dist_mod.DIST, "beta"), _default(dist_mod.DIST, "gamma")) == (2.0, 2.0)
     assert (_default(dist_mod.DIST, "T"), _default(dist_mod.DIST, "alpha")) == (1.0, 1.0)
     cifar = dist_mod.DIST(T=4.0)(ModelOutput(z_s), ModelOutput(z_t), _batch(target), CTX)  # dist_cifar.yaml
     assert (cifar.terms["inter"] + cifar.terms["intra"]).item() == pytest.approx(
-        2.0 * _official_dist(z_s, z_t, tau=4.0).item(), rel=1e-6)
+        2.0 * _official_dist(z_s, z_t, tau=4.0).item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ FT
@@ -156,7 +156,7 @@ def test_ft_default_beta_is_the_authors_with_their_formula() -> None:
     gen = torch.Generator().manual_seed(3)
     f_s, f_t = torch.randn(4, 3, 5, 5, generator=gen), torch.randn(4, 3, 5, 5, generator=gen)
     authors = torch.nn.L1Loss()(F.normalize(f_s.view(4, -1)), F.normalize(f_t.view(4, -1)))
-    assert ft_mod.factor_loss(f_s, f_t).item() == pytest.approx(authors.item(), rel=1e-6)
+    assert ft_mod.factor_loss(f_s, f_t).item() == pytest.approx(authors.item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ CC
