@@ -172,6 +172,9 @@ class CacheSpec(_Strict):
     k: int | Literal["all"] = 10  # top-k logits stored per sample and view (all: dense)
     views: int | None = Field(None, ge=1)  # augmented views stored per sample (needed with data.augment)
     dtype: Literal["fp16", "fp32"] = "fp16"
+    # which k tokens: the teacher's most probable (top), or k draws from its distribution (sample: unbiased
+    # sparse targets, Anshumann et al. 2025; distill.cache.sample)
+    select: Literal["top", "sample"] = "top"
 
     @field_validator("k")
     @classmethod

@@ -59,17 +59,21 @@ class TopKLogits:
     lse:     {T: (B,) fp32} ``logsumexp(logits / T)`` over all C classes ((B, S)), for every temperature the
              cache was built for; it fixes the exact probability mass of the classes outside the top k.
     num_classes: C. When k == C the logits are complete (``dense``).
+    sampled: ``cache.select: sample`` (``distill.cache.sample``): ``values`` are then not logits but the
+             log-weights of k draws from the teacher's distribution at the cache's sampling temperature (an
+             unbiased estimate of it; ``PAD`` where no draw landed), and ``lse`` is not needed to read them.
     """
 
     values: Tensor
     indices: Tensor
     lse: dict[float, Tensor]
     num_classes: int
+    sampled: bool = False
 
     @property
     def dense(self) -> bool:
-        """True when every class is stored (``k: all``)."""
-        return self.values.shape[-1] == self.num_classes
+        """True when every class is stored (``k: all``) as a logit."""
+        return not self.sampled and self.values.shape[-1] == self.num_classes
 
 
 @dataclass

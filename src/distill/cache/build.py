@@ -2,7 +2,8 @@
 
 The fingerprint names everything the stored logits depend on: the teacher's weights (sha256 over its state
 dict), its architecture and input normalisation, the training inputs (sha256 of the normalised tensor), the
-augmentation spec and seed, the number of views, k, dtype and the temperatures. Opening a cache whose
+augmentation spec and seed, the number of views, k, dtype and the temperatures (and, for sampled targets, the
+sampling temperature and seed). Opening a cache whose
 fingerprint differs from the run's is refused with the differing keys named: a stale cache is never used.
 """
 
@@ -62,10 +63,15 @@ def dataset_hash(data: Any) -> str:
 
 def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], inputs: Any,
                       augment: dict[str, Any] | None, views: int, k: int, dtype: str,
-                      temperatures: list[float]) -> dict[str, Any]:
-    """Everything the cached values depend on, as a flat JSON-able dict (compared key by key)."""
+                      temperatures: list[float], sample_T: float | None = None) -> dict[str, Any]:
+    """Everything the cached values depend on, as a flat JSON-able dict (compared key by key). ``sample_T``:
+    store k draws from the teacher's distribution at that temperature instead of its top k
+    (``distill.cache.sample``); the keys it adds are absent from a top-k cache's fingerprint."""
+    from distill.cache.sample import SEED
+
     state = {k_: v for k_, v in teacher.state_dict().items()}
-    return {
+    sampled = {"select": "sample", "sample_T": float(sample_T), "sample_seed": SEED} if sample_T else {}
+    return {**sampled,
         "teacher_weights": hash_tensors(state),
         "teacher_spec": teacher_spec,
         "dataset": dataset_hash(inputs),
@@ -79,11 +85,15 @@ def cache_fingerprint(*, teacher: nn.Module, teacher_spec: dict[str, Any], input
 
 
 @torch.inference_mode()
-def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float]) -> tuple[Tensor, Tensor, Tensor]:
+def _teacher_rows(teacher: nn.Module, x: Any, k: int, temps: list[float],
+                  sample: tuple[Tensor, float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher on a (B, ...) batch -> top-k values (B, k), indices (B, k), lse (B, n_T), all fp32/long; a language
-    model's (B, S, V) logits give (B, S, k), (B, S, k) and (B, S, n_T)."""
+    model's (B, S, V) logits give (B, S, k), (B, S, k) and (B, S, n_T). ``sample`` = (the batch's uniforms
+    (B, [S,] k), T): k draws at T instead, as log-weights and ids (``distill.cache.sample.draw``)."""
+    from distill.cache.sample import draw
+
     logits = teacher(x).float()  # (B, C) or (B, S, V)
-    values, indices = logits.topk(k, dim=-1)  # sorted, largest first
+    values, indices = logits.topk(k, dim=-1) if sample is None else draw(logits, *sample)  # largest first
     lse = torch.stack([torch.logsumexp(logits / t, dim=-1) for t in temps], dim=-1)  # (B, n_T) or (B, S, n_T)
     return values, indices, lse
 
@@ -113,6 +123,7 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
         raise DistillError(f"cache.k={k} exceeds the teacher's {classes} classes")
     idx_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
     t0 = time.perf_counter()
+    u = _uniforms(fp, views, n, tail, k)  # (views, n, *tail, k) or None
     if batch_size is None:  # a rule, not a timing: the same inputs always give the same cache (distill.batching)
         from distill.batching import cache_batch_size
 
@@ -128,7 +139,8 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
             for index, x in batches(inputs, batch_size, start, stop):  # index (B,)
                 if augment is not None:
                     x = augment(x, index, v)
-                rows = _teacher_rows(teacher, on(x), k, temps)
+                draws = None if u is None else (u[v, index], fp["sample_T"])  # (B, [S,] k) uniforms, T
+                rows = _teacher_rows(teacher, on(x), k, temps, draws)
                 _check_storable(rows[0], val_dtype, int(index[0]))
                 b = int(index[0])
                 for f, t in zip(("values", "indices", "lse"), rows):
@@ -139,13 +151,22 @@ def build_cache(path: Path, *, teacher: nn.Module, inputs: Any, fingerprint: dic
     evaluated = _eval_logits(teacher, evaluate or {}, batch_size, on, arrays) if not tail else {}
     seconds = time.perf_counter() - t0
     manifest = {"fingerprint": fp, "num_classes": classes, "k": k, "views": views, "temperatures": temps,
+                **({"select": "sample"} if u is not None else {}),
                 "build_seconds": round(seconds, 3), "batch_size": batch_size,
                 "bytes_per_sample_view": _row_bytes(k, val_dtype, idx_dtype, len(temps)) * int(np.prod(tail)),
                 **({"tokens_per_sample": int(np.prod(tail))} if tail else {}),
                 **({"eval": evaluated} if evaluated else {})}
     write_cache(path, shards, arrays, manifest)
-    log(f"cache: built {path} ({n} samples x {views} view(s), k={k}, {fp['dtype']}) in {seconds:.1f}s")
+    what = f"{k} sampled at T={fp['sample_T']:g}" if u is not None else f"k={k}"
+    log(f"cache: built {path} ({n} samples x {views} view(s), {what}, {fp['dtype']}) in {seconds:.1f}s")
     return open_cache(path, fp)
+
+
+def _uniforms(fp: dict[str, Any], views: int, n: int, tail: tuple[int, ...], k: int) -> Tensor | None:
+    """The fixed uniforms of a sampled cache's draws (``distill.cache.sample``); None for top-k."""
+    from distill.cache.sample import uniforms
+
+    return uniforms(views, n, tail, k) if fp.get("select") == "sample" else None
 
 
 @torch.inference_mode()
@@ -216,7 +237,8 @@ def summary(cache: TeacherCache) -> str:
     tokens = m.get("tokens_per_sample")
     per = f" of {tokens} tokens ({m['bytes_per_sample_view'] // tokens} bytes per token)" if tokens else ""
     return (f"teacher cache {cache.path}: OK - {fp['num_samples']} samples{per} x {cache.views} view(s), "
-            f"{cache.num_classes} classes, k={cache.k} ({fp['dtype']}), temperatures "
+            f"{cache.num_classes} classes, k={cache.k}{' sampled' if cache.sampled else ''} ({fp['dtype']}), "
+            f"temperatures "
             f"{', '.join(f'{t:g}' for t in cache.temperatures)}; {m['bytes_per_sample_view']} bytes per sample "
             f"per view, {total / 1e6:.2f} MB on disk, built in {m['build_seconds']:.1f}s; teacher "
             f"{fp['teacher_weights'][:12]}, data {fp['dataset'][:12]}, transforms {json.dumps(fp['transforms'])}")

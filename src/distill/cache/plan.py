@@ -73,7 +73,23 @@ def why_not_cached(plan: Plan, methods: MethodSet, num_classes: int) -> str | No
         return f"{', '.join(dense_only)} need(s) every teacher logit but cache.k={k} < {num_classes} classes"
     if _augmenting(plan) and plan.cache.views is None:
         return "data.augment is on but cache.views (augmented views stored per sample) is not set"
+    if plan.cache.select == "sample":
+        sample_temperature(methods)  # one clear error before any teacher runs
     return None
+
+
+def sample_temperature(methods: MethodSet) -> float:
+    """The temperature of a sampled cache's draws (``cache.select: sample``): the one the methods ask for (1 by
+    default); every teacher-using method must take sampled targets and they must agree on T."""
+    if names := methods.without_sampled():
+        raise DistillError(f"cache.select=sample gives unbiased targets only to a loss linear in the teacher's "
+                           f"probabilities (token_kd with divergence fkl); {', '.join(names)} cannot train on "
+                           "them: use cache.select=top")
+    temps = {float(t) for m in methods.methods if m.needs.teacher for t in m.cache_temperatures()} or {1.0}
+    if len(temps) > 1:
+        raise DistillError(f"cache.select=sample draws at one temperature, but the methods use T = "
+                           f"{', '.join(f'{t:g}' for t in sorted(temps))}")
+    return temps.pop()
 
 
 def fingerprint_for(plan: Plan, teacher: nn.Module, methods: MethodSet | None = None) -> dict[str, Any]:
@@ -83,7 +99,8 @@ def fingerprint_for(plan: Plan, teacher: nn.Module, methods: MethodSet | None = 
     aug = plan.augment.spec() if plan.augment is not None else None
     return cache_fingerprint(teacher=teacher, teacher_spec=spec, inputs=plan.data.train, augment=aug,
                              views=cache_views(plan), k=effective_k(plan, plan.data.num_classes),
-                             dtype=plan.cache.dtype, temperatures=methods.cache_temperatures())
+                             dtype=plan.cache.dtype, temperatures=methods.cache_temperatures(),
+                             sample_T=sample_temperature(methods) if plan.cache.select == "sample" else None)
 
 
 def prepare_cache(plan: Plan, teacher: nn.Module | None, *, log: Log = print) -> TeacherCache | None:

@@ -147,6 +147,7 @@ class TeacherCache:
         self.k = int(manifest["k"])
         self.views = int(manifest["views"])
         self.temperatures = [float(t) for t in manifest["temperatures"]]
+        self.sampled = manifest.get("select") == "sample"  # k draws per row, not the top k
         self.shards = [_Shard(s["view"], s["start"], s["stop"],
                               {f: np.load(path / shard_name(s["view"], s["shard"], f), mmap_mode="r",
                                           allow_pickle=False) for f in FIELDS})
@@ -169,7 +170,7 @@ class TeacherCache:
         indices = torch.from_numpy(out["indices"]).long().to(index.device)  # (B, k) or (B, S, k)
         lse_all = torch.from_numpy(out["lse"]).to(index.device)  # (B, n_T) or (B, S, n_T)
         lse = {t: lse_all[..., i] for i, t in enumerate(self.temperatures)}
-        topk = TopKLogits(values, indices, lse, self.num_classes)
+        topk = TopKLogits(values, indices, lse, self.num_classes, self.sampled)
         if values.ndim > 2 and not topk.dense:
             # per token, dense logits would be B x S x V floats rebuilt every step: the token methods that take
             # a top-k cache read `topk`, and `logits` is an empty (B, S, 0) placeholder
@@ -180,8 +181,12 @@ class TeacherCache:
 def densify(topk: TopKLogits) -> Tensor:
     """(B, C) logits from a top-k record ((B, S, V) per token): exact when k == C; otherwise the classes outside
     the top k share the remaining probability mass (at T=1) evenly, which keeps softmax(logits) summing to the
-    right mass."""
+    right mass. Sampled targets give logits whose softmax is their empirical distribution."""
     k, c = topk.values.shape[-1], topk.num_classes
+    if topk.sampled:
+        from distill.cache.sample import PAD
+
+        return topk.values.new_full((*topk.values.shape[:-1], c), PAD).scatter_(-1, topk.indices, topk.values)
     if k == c:
         return torch.empty_like(topk.values).scatter_(-1, topk.indices, topk.values)
     lse = topk.lse[1.0][..., None]  # (B, 1)

@@ -71,6 +71,11 @@ class Method(nn.Module):
         with k < C; methods that need every teacher logit keep the default (they get a dense cache only)."""
         return False
 
+    def accepts_sampled(self) -> bool:
+        """True when the loss is linear in the teacher's probabilities, so that sampled sparse targets
+        (``cache.select: sample``, an unbiased estimate of them) give it an unbiased gradient."""
+        return False
+
     def cache_temperatures(self) -> tuple[float, ...]:
         """Temperatures whose log-sum-exp the teacher cache must store for this method (see TopKLogits)."""
         return ()
@@ -159,6 +164,10 @@ class MethodSet(nn.Module):
         if k >= num_classes:
             return []
         return [type(m).__name__.lower() for m in self.methods if m.needs.teacher and not m.accepts_topk()]
+
+    def without_sampled(self) -> list[str]:
+        """Names of the teacher-using methods that cannot train on sampled targets (``accepts_sampled``)."""
+        return [type(m).__name__.lower() for m in self.methods if m.needs.teacher and not m.accepts_sampled()]
 
     def cache_temperatures(self) -> list[float]:
         """T=1 plus every temperature a method asks the cache to store."""

@@ -246,7 +246,8 @@ class TokenKD(Method):
             from distill.methods.token_sparse import token_divergence_topk
 
             top = t.topk
-            out = token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)], **opts)
+            out = token_divergence_topk(s.logits, top.values, top.indices, top.lse[float(self.T)],
+                                        sampled=top.sampled, **opts)
         else:
             out = token_divergence(s.logits, t.logits, **opts)
         if fused is not None:
@@ -262,6 +263,10 @@ class TokenKD(Method):
     def accepts_topk(self) -> bool:
         """Exact on cached top-k teacher logits plus their tail bucket (``token_divergence_topk``)."""
         return True
+
+    def accepts_sampled(self) -> bool:
+        """Forward KL is linear in the teacher's probabilities: sampled targets give an unbiased gradient."""
+        return self.divergence == "fkl" or (self.divergence == "jsd" and self.beta <= 0.0)
 
     def cache_temperatures(self) -> tuple[float, ...]:
         return (float(self.T),)

@@ -1,5 +1,8 @@
 """Token-level divergences against a sparse teacher: the top-k logits the teacher cache stores, plus one bucket
-for the rest of the vocabulary (``distill.methods.token_kd`` has the divergences and the chunked pass).
+for the rest of the vocabulary (``distill.methods.token_kd`` has the divergences and the chunked pass). Sampled
+targets (``distill.cache.sample``) take the same path: their k slots' log-weights are the teacher's stored
+log-probabilities and its rest bucket is empty, so forward KL over the buckets is -sum_i w_i log q_i plus a
+constant, the full-vocabulary cross-entropy against the sampled targets (Random Sampling KD).
 
 Both distributions are coarsened to the teacher's k stored tokens plus the rest: the teacher's bucket holds 1 - its
 top-k mass (from the stored log-sum-exp), the student's the mass of its other tokens. The divergence over these
@@ -23,16 +26,18 @@ _TINY = torch.finfo(torch.float32).tiny  # a bucket emptied by rounding: finite 
 
 def token_divergence_topk(student_logits: Tensor, values: Tensor, indices: Tensor, lse: Tensor, *,
                           name: str = "fkl", mask: Tensor | None = None, T: float = 1.0, beta: float = 0.5,
-                          skew: float = 0.1, chunk: int = 256, ce: tuple[Tensor, float] | None = None) -> Tensor:
+                          skew: float = 0.1, chunk: int = 256, ce: tuple[Tensor, float] | None = None,
+                          sampled: bool = False) -> Tensor:
     """``token_divergence`` against a sparse teacher: its top-k logits ``values`` (..., k) at vocabulary ids
     ``indices`` (..., k) and the log-sum-exp of all its logits at T, ``lse`` (...). The divergence is exact on the
     k stored tokens plus one bucket for the rest (module docstring); with k = V it is ``token_divergence``.
+    ``sampled``: ``values`` are the log-weights of sampled targets at T (``lse`` unused; module docstring).
     ``ce`` = (targets (...), alpha): (2,) [divergence, cross-entropy of the raw logits], as there."""
     s, weights = _flat(student_logits, mask, T, chunk)
     k = values.shape[-1]
     vals, idx, lse_t = values.reshape(-1, k), indices.reshape(-1, k).long(), lse.reshape(-1)  # (N, k) (N,)
     target = ce[0].reshape(-1).to(s.device) if ce is not None else None  # (N,)
-    step = _sparse_step(divergence(name, beta, skew), vals, idx, lse_t, T, target)
+    step = _sparse_step(divergence(name, beta, skew), vals, idx, None if sampled else lse_t, T, target)
     return chunked(s, weights, step, chunk, ce)
 
 
@@ -42,16 +47,19 @@ def _buckets(log_top: Tensor) -> Tensor:
     return torch.cat([log_top, rest.log()], dim=1)
 
 
-def _sparse_step(fn: Divergence, vals: Tensor, idx: Tensor, lse_t: Tensor, T: float,
+def _sparse_step(fn: Divergence, vals: Tensor, idx: Tensor, lse_t: Tensor | None, T: float,
                  target: Tensor | None) -> Step:
     """The chunk step of ``token_divergence_topk`` (a ``token_kd.Step``): the divergence over the buckets, the
-    optional cross-entropy against ``target`` (N,), and their gradient written out (module docstring)."""
+    optional cross-entropy against ``target`` (N,), and their gradient written out (module docstring).
+    ``lse_t`` None: ``vals`` are already the teacher's log-probabilities (sampled targets)."""
     def step(s_c: Tensor, rows: slice, w: Tensor, coef: tuple[float, float], out: Tensor | None):
         i = idx[rows]  # (n, k)
         x = s_c / T if T != 1.0 else s_c  # (n, V)
         lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (n, 1)
         log_top = x.gather(1, i) - lse  # (n, k)
-        teacher = _buckets(vals[rows].float() / T - lse_t[rows, None].float())  # (n, k + 1)
+        v = vals[rows].float()  # (n, k)
+        # sampled weights are renormalised: stored in fp16 they sum to 1 only to ~1e-3
+        teacher = _buckets(v.log_softmax(-1) if lse_t is None else v / T - lse_t[rows, None].float())  # (n, k + 1)
         with torch.enable_grad():
             b = _buckets(log_top).requires_grad_(out is not None and coef[0] != 0.0)  # (n, k + 1)
             div = (fn(b, teacher) * w).sum()
