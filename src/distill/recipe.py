@@ -328,15 +328,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file; any problem raises one DistillError line."""
+def read_recipe_dict(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A recipe file with ``overrides`` applied, as a raw dict, not yet validated; a missing file or one that is
+    not a mapping raises one DistillError line."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe not found: {path}")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise DistillError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
-    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    return apply_overrides(raw, overrides or [])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file; any problem raises one DistillError line."""
+    return recipe_from_dict(read_recipe_dict(path, overrides), source=str(path))
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:

@@ -92,16 +92,10 @@ def auto(recipe: str | Path, *, overrides: list[str] | None = None, trials: int 
 
 def _base(recipe: str | Path, overrides: list[str]) -> tuple[dict[str, Any], Any]:
     """The recipe file with its overrides as a raw dict, and validated (every problem found before a trial)."""
-    from distill.recipe import apply_overrides, recipe_from_dict
-    from distill.yaml_io import read_yaml
+    from distill.recipe import read_recipe_dict, recipe_from_dict
 
     path = Path(recipe)
-    if not path.is_file():
-        raise DistillError(f"recipe not found: {path}")
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise DistillError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    raw = read_recipe_dict(path, overrides)
     return raw, recipe_from_dict(copy.deepcopy(raw), source=str(path))
 
 
