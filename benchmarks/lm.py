@@ -3,13 +3,16 @@
 For each seed, ``distill run recipes/shakespeare-smollm2.yaml`` (scratch student and distilled student, the same
 student tokens; the teacher's top-32 cache is built by the first seed and shared by the others); then, for
 ``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``), and for
-``--gkd-seeds`` on-policy distillation (``strategy=gkd``, generalized JSD; its off-policy batches from the cache).
+``--gkd-seeds`` on-policy distillation (``strategy=gkd``, generalized JSD; its off-policy batches from the cache),
+and for ``--sampled-seeds`` the recipe's distillation from a cache of 32 sampled tokens per position instead of
+the top 32 (``cache.select=sample``, Random Sampling KD; its cache built once and shared too).
 For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``: a WordPiece
 student, method ``uld``) with its own scratch student. Reads each run's
 ``report.json`` and the cache's manifest, prints the table and writes it into docs/BENCHMARKS.md (section
 ``lm``). Run ``make shakespeare`` first.
 
-    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--uld-seeds 1] [--out runs/lm] [--no-write]
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--uld-seeds 1] [--sampled-seeds 3]
+                            [--out runs/lm] [--no-write]
 """
 
 from __future__ import annotations
@@ -49,13 +52,18 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: int) -> str:
-    """The Markdown section: rows teacher / scratch / distilled (cached) / distilled (live), then the costs."""
+def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: int,
+          sampled: tuple[list[dict], dict | None] = ([], None)) -> str:
+    """The Markdown section: rows teacher / scratch / distilled (cached) / distilled (live) / distilled (sampled
+    cache), then the costs. ``sampled``: those runs and their cache's manifest."""
     rows = [("teacher: SmolLM2-135M-Instruct (Q4_1, dequantised)", [r["models"]["teacher"] for r in seeds]),
             ("scratch student (cross-entropy)", [r["models"]["scratch"] for r in seeds]),
             ("distilled student, top-32 cache", [r["models"]["student"] for r in seeds])]
     if live:
         rows.append(("distilled student, live teacher (every logit)", [r["models"]["student"] for r in live]))
+    if sampled[0]:
+        rows.append(("distilled student, 32 sampled tokens (`cache.select=sample`)",
+                     [r["models"]["student"] for r in sampled[0]]))
     if gkd:
         rows.append(("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 + CE)",
                      [r["models"]["student"] for r in gkd]))
@@ -78,7 +86,22 @@ def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: 
         lines.append(f"- Top-32 cache against every live teacher logit, same seeds: perplexity ratio "
                      f"{ms(gap, 1, 3)}x; a live-teacher epoch takes {ms(live_step, 1, 0)} s against "
                      f"{ms([epoch_seconds(r, 'student') for r in seeds[:len(live)]], 1, 0)} s from the cache.")
-    return "\n".join(lines)
+    return "\n".join(lines + (_sampled_lines(seeds, live, *sampled) if sampled[0] else []))
+
+
+def _sampled_lines(seeds: list[dict], live: list[dict], runs: list[dict], cache: dict) -> list[str]:
+    """The sampled cache against the live teacher and the top-32 cache, seed for seed, and its build."""
+    ppl = lambda rs: [r["models"]["student"]["ppl"] for r in rs]  # noqa: E731
+    vs_top = [s / t for s, t in zip(ppl(runs), ppl(seeds))]
+    per_token = cache["bytes_per_sample_view"] // cache["tokens_per_sample"]
+    lines = [f"- 32 sampled tokens against the top 32, same seeds: perplexity ratio {ms(vs_top, 1, 3)}x (per seed: "
+             f"{', '.join(f'{x:.3f}' for x in vs_top)}); the sampled cache ({per_token} bytes per token) built in "
+             f"{cache['build_seconds']:.0f} s."]
+    if live:
+        vs_live = [s / v for s, v in zip(ppl(runs), ppl(live))]
+        lines.append(f"- 32 sampled tokens against every live teacher logit, same seeds: perplexity ratio "
+                     f"**{ms(vs_live, 1, 3)}x**.")
+    return lines
 
 
 def uld_table(runs: list[dict]) -> str:
@@ -100,6 +123,7 @@ def main() -> None:
     p.add_argument("--live-seeds", type=int, default=1)
     p.add_argument("--gkd-seeds", type=int, default=0)
     p.add_argument("--uld-seeds", type=int, default=1)
+    p.add_argument("--sampled-seeds", type=int, default=3)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
@@ -110,13 +134,18 @@ def main() -> None:
     gkd = [run(out / f"gkd-seed{s}", s, shared, "compare=false", "strategy=gkd",
                "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 1.0, weight: 0.5}")[0]
            for s in range(a.gkd_seeds)]
+    sampled = [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
+                   "compare=false")[0] for s in range(a.sampled_seeds)]
+    sampled_cache = json.loads((out / "cache-sampled" / "manifest.json").read_text()) if sampled else None
     uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
            for s in range(a.uld_seeds)]
     cache = json.loads((out / "cache" / "manifest.json").read_text())
     tokens = cache["fingerprint"]["num_samples"] * cache["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
-            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds} --uld-seeds {a.uld_seeds}\n```\n\n"
-            + table(seeds, live, gkd, cache, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
+            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds} --uld-seeds {a.uld_seeds} "
+            f"--sampled-seeds {a.sampled_seeds}\n```\n\n"
+            + table(seeds, live, gkd, cache, tokens, (sampled, sampled_cache))
+            + ("\n\n" + uld_table(uld) if uld else ""))
     print(text)
     if not a.no_write:
         sys.path.insert(0, str(Path(__file__).parent))
