@@ -68,7 +68,8 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
         name: str = "fit", seed: int = 0, device: str = "cpu", batch_size: int = 128,
         eval_batch_size: int | None = None,
         labels_per_class: int | None = None, num_classes: int | None = None, normalize: Any = None,
-        augment: dict[str, Any] | None = None, workers: int | None = None, cache: str | dict[str, Any] = "auto",
+        augment: dict[str, Any] | None = None, workers: int | None = None, labelled_per_batch: int | None = None,
+        cache: str | dict[str, Any] = "auto",
         compare: bool = True, latency: bool = True, teacher_inputs: Any = None, student_inputs: Any = None,
         teacher_normalize: Any = None, strategy: str | dict[str, Any] = "offline",
         teachers: dict[str, Part] | None = None, peers: dict[str, Part] | None = None, resume: bool = False,
@@ -80,7 +81,8 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
     with its arguments, e.g. ``{"name": "born_again", "generations": 2}``); ``teachers``: several named teachers
     (multi_teacher); ``peers``: named students trained beside ``student`` (mutual); ``robustness``: a recipe's
     ``eval.robustness`` (``True`` for its defaults, or ``{"eps": 0.1, "steps": 10, ...}``): FGSM and PGD top-1 of
-    every model in the report.
+    every model in the report; ``labelled_per_batch``: a recipe's ``data.labelled_per_batch`` (that many labelled
+    samples in every training batch of a split with a label budget).
 
     A teacher module is taken as pretrained; a zoo teacher without ``weights`` is trained here first, as in a
     recipe. Data given as Datasets or tensors is used as given (no normalisation). Raises ``DistillError``
@@ -111,7 +113,7 @@ def fit(teacher: Part | None = None, student: Part | None = None, train: Any = N
                     student_inputs=student_inputs, batch_size=batch_size, eval_batch_size=eval_batch_size,
                     cache=validate_part(CacheSpec, _cache_shorthand(cache), "cache"),
                     augment=_augment(augment), compare=compare, latency=latency, strategy=strat,
-                    robustness=robust)
+                    robustness=robust, labelled_per_batch=labelled_per_batch or 0)
         plan.teachers = {n: _teacher(t, data, seed, spec, None, None) for n, t in (teachers or {}).items()}
         plan.peers = {n: Peer(_student(p, data, seed + i, None)) for i, (n, p) in enumerate((peers or {}).items(), 1)}
         plan.fresh_student = None if isinstance(student, nn.Module) else \
@@ -183,7 +185,8 @@ def _raw_recipe(teacher: Any, student: Any, train: Any, methods: list, spec: Tra
             side.setdefault("inputs", args[key])
     if args["teacher_normalize"] is not None and t is not None:
         t.setdefault("normalize", _norm_dict(args["teacher_normalize"]))
-    data.update({k: args[k] for k in ("labels_per_class", "batch_size", "eval_batch_size", "augment", "workers")
+    data.update({k: args[k] for k in ("labels_per_class", "batch_size", "eval_batch_size", "augment", "workers",
+                                   "labelled_per_batch")
                  if args[k] is not None})
     if args["normalize"] is not None:
         data["normalize"] = _norm_dict(args["normalize"])
@@ -281,7 +284,8 @@ def _identity(plan: Plan, methods: list) -> dict[str, Any]:
     return {"seed": plan.seed, "device": plan.device, "teacher": teacher,
             "data": {"train": dataset_hash(data.train), "val": dataset_hash(data.val), "test": dataset_hash(data.test),
                      "labels": hashlib.sha256(data.train.y.numpy().tobytes()).hexdigest(),
-                     "batch_size": plan.batch_size, "augment": plan.augment.spec() if plan.augment else None},
+                     "batch_size": plan.batch_size, "augment": plan.augment.spec() if plan.augment else None,
+                     **({"labelled_per_batch": plan.labelled_per_batch} if plan.labelled_per_batch else {})},
             "student": {"module": _qualname(plan.student), "init": hash_tensors(plan.student.state_dict()),
                         "inputs": plan.student_inputs},
             "methods": [e if e is not None else {"class": _qualname(m), "weight": w,

@@ -81,6 +81,7 @@ class Plan:
     embeddings: dict[str, str] | None = None  # eval.embeddings: tap paths whose features the report probes
     robustness: RobustnessSpec | None = None  # eval.robustness: FGSM and PGD top-1 in the report (distill.robustness)
     group_by_length: bool = False  # data.group_by_length: training batches of similar token counts
+    labelled_per_batch: int = 0  # data.labelled_per_batch: labelled samples in every batch of a mixed split
     identity: dict[str, Any] = field(default_factory=dict)
     recipe: Recipe | None = None  # the recipe this plan was built from (or that a Python run is equivalent to)
     strategy: Strategy | None = None  # who teaches whom; None: offline
@@ -133,6 +134,7 @@ def plan_from_recipe(recipe: Recipe, *, data: DataSplits | None = None) -> Plan:
                 train=recipe.train, teacher=teacher, student_inputs=recipe.student.inputs,
                 batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, cache=recipe.cache,
                 group_by_length=bool(recipe.data.group_by_length),
+                labelled_per_batch=recipe.data.labelled_per_batch or 0,
                 augment=build_augment(recipe), compare=recipe.compare, latency=recipe.eval.latency,
                 embeddings=recipe.eval.embeddings, robustness=recipe.eval.robustness,
                 identity=recipe_identity(recipe), recipe=recipe,
@@ -161,7 +163,7 @@ def recipe_identity(recipe: Recipe) -> dict[str, Any]:
     body = recipe.model_dump(mode="json", exclude={"output_dir", "eval", "compare", "name", "search"})
     # keys added after runs were made are left out while unset, so those runs keep their fingerprints
     for part, key in (("data", "augment"), ("data", "workers"), ("data", "eval_batch_size"), ("data", "classes"),
-                      ("data", "group_by_length"),
+                      ("data", "group_by_length"), ("data", "labelled_per_batch"),
                       ("teacher", "pretrained"), ("student", "pretrained"), ("teacher", "inputs"),
                       ("student", "inputs"), ("teacher", "classes"), ("student", "classes"), ("teacher", "resize"),
                       ("student", "resize"), ("teacher", "resize_margin"), ("student", "resize_margin")):

@@ -115,6 +115,8 @@ class DataSpec(_Open):
     classes: list[int] | None = None  # keep these classes only, relabelled 0..n-1 (a task of its own)
     # text: batches of similar length (shuffled chunks of 50 batches, sorted by token count), less padding
     group_by_length: bool | None = None
+    # a transfer set with few labels: this many labelled samples in every training batch (distill.data.loader)
+    labelled_per_batch: int | None = Field(None, ge=1)
 
 
 class ModelSpec(_Open):

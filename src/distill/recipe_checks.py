@@ -48,6 +48,20 @@ def check_components(recipe: Recipe, singular: bool) -> None:
     check_kwargs(strategy, recipe.strategy.kwargs, "strategy", f"strategy '{recipe.strategy.name}'")
     strategy(**recipe.strategy.kwargs).check(recipe)
     _check_preprocessing(recipe)
+    _check_labelled_per_batch(recipe)
+
+
+def _check_labelled_per_batch(recipe: Recipe) -> None:
+    """``data.labelled_per_batch`` fits in a batch and has a label budget to draw from."""
+    d = recipe.data
+    if d.labelled_per_batch is None:
+        return
+    if d.labelled_per_batch >= d.batch_size:
+        raise DistillError(f"data.labelled_per_batch {d.labelled_per_batch}: must be below data.batch_size "
+                           f"{d.batch_size} (the rest of each batch is the transfer set)")
+    if not d.labels_per_class:
+        raise DistillError("data.labelled_per_batch needs a label budget (data.labels_per_class >= 1): without "
+                           "one every training sample is labelled, or none is")
 
 
 def _check_preprocessing(recipe: Recipe) -> None:

@@ -224,7 +224,8 @@ def train_role(role: str, plan: Plan, model: nn.Module, methods: MethodSet, trai
     loader = BatchLoader(ds, plan.batch_size, shuffle=True, seed=plan.seed, epoch_size=epoch_size,
                          augment=plan.augment, views=views, rank=rank(), world=world_size(),
                          pin_memory=device.startswith("cuda"),
-                         lengths=token_lengths(ds) if plan.group_by_length else None)
+                         lengths=token_lengths(ds) if plan.group_by_length else None,
+                         labelled_per_batch=plan.labelled_per_batch)
     evaluate = evaluate or epoch_eval(plan.data, plan.eval_batch_size, inputs)
     if plan.epoch_hook is not None and plan.dry_run is None:
         evaluate = _hooked(evaluate, partial(plan.epoch_hook, role))

@@ -51,7 +51,7 @@ class BatchLoader:
     def __init__(self, ds: ArrayDataset | StreamDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_size: int | None = None, drop_last: bool = False, augment: Augment | None = None,
                  views: int | None = None, rank: int = 0, world: int = 1, pin_memory: bool = False,
-                 lengths: Tensor | None = None) -> None:
+                 lengths: Tensor | None = None, labelled_per_batch: int = 0) -> None:
         if len(ds) == 0:
             raise DistillError("cannot batch an empty dataset")
         if batch_size < 1:
@@ -63,6 +63,8 @@ class BatchLoader:
                                f"{world} processes")
         if epoch_size is not None and epoch_size < 1:
             raise DistillError(f"epoch_size must be >= 1, got {epoch_size}")
+        if not 0 <= labelled_per_batch < batch_size:
+            raise DistillError(f"labelled_per_batch must be in [0, batch_size {batch_size}), got {labelled_per_batch}")
         if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
             raise DistillError(f"views must be an integer >= 1, got {views!r}")
         self.ds = ds
@@ -77,6 +79,7 @@ class BatchLoader:
         self.epoch = 0
         self.pin_memory = pin_memory
         self.lengths = lengths
+        self.labelled_per_batch = labelled_per_batch
         self._stream: Any = None  # the streamed split's DataLoader, made on first use
         self._sampler: Any = None
 
@@ -103,7 +106,30 @@ class BatchLoader:
         perms = [torch.randperm(n, generator=gen) for _ in range(reps)]
         if self.lengths is not None:  # per permutation: a batch never holds two copies of a small split's row
             perms = [by_length(p, self.lengths, 50 * self.batch_size) for p in perms]
-        return torch.cat(perms)[: self.epoch_size]
+        order = torch.cat(perms)[: self.epoch_size]
+        return self._with_labelled(order, gen) if self.labelled_per_batch else order
+
+    def _with_labelled(self, order: Tensor, gen: torch.Generator) -> Tensor:
+        """``order`` (epoch_size,) with ``labelled_per_batch`` labelled rows at the head of every batch."""
+        y = self.ds.y
+        labelled = (y >= 0).nonzero().squeeze(1) if y.ndim == 1 else torch.empty(0, dtype=torch.long)  # (L,)
+        if len(labelled) in (0, len(self.ds)):
+            return order
+        k, sizes = self.labelled_per_batch, self._batch_sizes()
+        taken = sum(min(k, b) for b in sizes)
+        draws = torch.cat([labelled[torch.randperm(len(labelled), generator=gen)]
+                           for _ in range(math.ceil(taken / len(labelled)))])
+        parts, used_l, used_o = [], 0, 0
+        for size in sizes:
+            n_l = min(k, size)
+            parts += [draws[used_l:used_l + n_l], order[used_o:used_o + size - n_l]]
+            used_l, used_o = used_l + n_l, used_o + size - n_l
+        return torch.cat(parts)
+
+    def _batch_sizes(self) -> list[int]:
+        """The size of every global batch of an epoch (the last one may be partial)."""
+        full, rest = divmod(self.epoch_size, self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest else [])
 
     def __len__(self) -> int:
         """Batches (optimizer steps) per epoch; the same on every rank."""
