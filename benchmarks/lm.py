@@ -13,6 +13,10 @@ student, method ``uld``) with its own scratch student. Reads each run's
 
     python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--uld-seeds 1] [--sampled-seeds 3]
                             [--out runs/lm] [--no-write]
+
+``--sparse-seeds N`` runs only the sparse cache's check, seed for seed: the distillation from 32 sampled tokens
+per position against the same distillation from every live teacher logit, for seeds 0..N-1 (the same runs as
+above, so they are shared), into the section ``lm-sparse``.
 """
 
 from __future__ import annotations
@@ -117,6 +121,32 @@ def uld_table(runs: list[dict]) -> str:
                               f"{', '.join(f'{x:.3f}' for x in ratio)})."])
 
 
+def sparse_table(sampled: list[dict], live: list[dict], cache: dict) -> str:
+    """Seed for seed: the student distilled from the k = 32 sampled cache against every live teacher logit."""
+    lines = ["| seed | perplexity, live teacher (every logit) | perplexity, 32 sampled tokens | sampled / live | "
+             "agreement w/ teacher, live (%) | agreement, sampled (%) |", "|---:|---:|---:|---:|---:|---:|"]
+    ratio = []
+    for seed, (s, v) in enumerate(zip(sampled, live)):
+        s, v = s["models"]["student"], v["models"]["student"]
+        ratio.append(s["ppl"] / v["ppl"])
+        lines.append(f"| {seed} | {v['ppl']:.2f} | {s['ppl']:.2f} | {ratio[-1]:.3f} | {100 * v['agreement']:.2f} | "
+                     f"{100 * s['agreement']:.2f} |")
+    per_token = cache["bytes_per_sample_view"] // cache["tokens_per_sample"]
+    return "\n".join(lines + ["", f"- Sampled / live perplexity over {len(ratio)} seeds: **{ms(ratio, 1, 3)}x**; "
+                              f"the cache: k = {cache['k']} of {cache['num_classes']:,} tokens, {per_token} bytes per "
+                              f"token, built in {cache['build_seconds']:.0f} s."])
+
+
+def sparse_only(out: Path, n: int) -> str:
+    """The runs of ``--sparse-seeds`` (sampled cache, then live teacher) and their section's text."""
+    sampled = [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
+                   "compare=false")[0] for s in range(n)]
+    live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(n)]
+    cache = json.loads((out / "cache-sampled" / "manifest.json").read_text())
+    return (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --sparse-seeds {n}\n```"
+            "\n\n" + sparse_table(sampled, live, cache))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
@@ -125,9 +155,12 @@ def main() -> None:
     p.add_argument("--uld-seeds", type=int, default=1)
     p.add_argument("--sampled-seeds", type=int, default=3)
     p.add_argument("--out", default="runs/lm")
+    p.add_argument("--sparse-seeds", type=int, default=0, help="run only the sampled-cache vs live check")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
     out = ROOT / a.out
+    if a.sparse_seeds:
+        return _write("lm-sparse", sparse_only(out, a.sparse_seeds), a.no_write)
     shared = f"cache.path={out / 'cache'}"
     seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
     live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(a.live_seeds)]
@@ -146,12 +179,17 @@ def main() -> None:
             f"--sampled-seeds {a.sampled_seeds}\n```\n\n"
             + table(seeds, live, gkd, cache, tokens, (sampled, sampled_cache))
             + ("\n\n" + uld_table(uld) if uld else ""))
+    _write("lm", text, a.no_write)
+
+
+def _write(section: str, text: str, no_write: bool) -> None:
+    """Print ``text`` and, unless ``no_write``, put it into docs/BENCHMARKS.md's ``section``."""
     print(text)
-    if not a.no_write:
+    if not no_write:
         sys.path.insert(0, str(Path(__file__).parent))
         from docs_section import replace_section
 
-        replace_section(ROOT / "docs" / "BENCHMARKS.md", "lm", text)
+        replace_section(ROOT / "docs" / "BENCHMARKS.md", section, text)
 
 
 if __name__ == "__main__":

