@@ -137,11 +137,20 @@ def sparse_table(sampled: list[dict], live: list[dict], cache: dict) -> str:
                               f"token, built in {cache['build_seconds']:.0f} s."])
 
 
+def live_runs(out: Path, n: int) -> list[dict]:
+    """Reports of the recipe's distillation from every live teacher logit, seeds 0..n-1."""
+    return [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(n)]
+
+
+def sampled_runs(out: Path, n: int) -> list[dict]:
+    """Reports of the recipe's distillation from one shared cache of 32 sampled tokens, seeds 0..n-1."""
+    return [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
+                "compare=false")[0] for s in range(n)]
+
+
 def sparse_only(out: Path, n: int) -> str:
     """The runs of ``--sparse-seeds`` (sampled cache, then live teacher) and their section's text."""
-    sampled = [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
-                   "compare=false")[0] for s in range(n)]
-    live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(n)]
+    sampled, live = sampled_runs(out, n), live_runs(out, n)
     cache = json.loads((out / "cache-sampled" / "manifest.json").read_text())
     return (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --sparse-seeds {n}\n```"
             "\n\n" + sparse_table(sampled, live, cache))
@@ -163,12 +172,11 @@ def main() -> None:
         return _write("lm-sparse", sparse_only(out, a.sparse_seeds), a.no_write)
     shared = f"cache.path={out / 'cache'}"
     seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
-    live = [run(out / f"live-seed{s}", s, "cache=off", "compare=false")[0] for s in range(a.live_seeds)]
+    live = live_runs(out, a.live_seeds)
     gkd = [run(out / f"gkd-seed{s}", s, shared, "compare=false", "strategy=gkd",
                "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 1.0, weight: 0.5}")[0]
            for s in range(a.gkd_seeds)]
-    sampled = [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
-                   "compare=false")[0] for s in range(a.sampled_seeds)]
+    sampled = sampled_runs(out, a.sampled_seeds)
     sampled_cache = json.loads((out / "cache-sampled" / "manifest.json").read_text()) if sampled else None
     uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
            for s in range(a.uld_seeds)]
