@@ -168,6 +168,26 @@ def test_student_init_source_starts_the_distilled_student_from_the_source_body(t
                                                                              "student_init": "source"})))
 
 
+def test_the_students_own_source_network_as_teacher_is_adapted_exactly_like_the_baseline(tmp_path: Path,
+                                                                                           source: dict) -> None:
+    """recipes/mnist-cross-task-5to9-self.yaml's set-up: adapted teacher and ``student_finetuned`` are one model
+    trained twice (same start, labels, steps, seed), so the distilled student is compared with its own teacher."""
+    raw = _target(tmp_path, source, {"adapt": "finetune", "student_source": source["student"],
+                                     "student_init": "source"}, method={"name": "kd", "T": 1},
+                  train={"epochs": 3, "optimizer": {"name": "adam", "lr": 0.003}})
+    raw["teacher"] = {**STUDENT, "classes": 5, "weights": source["student"]}
+    outcome = distill.execute(distill.plan_from_recipe(recipe_from_dict(raw)), log=lambda _: None)
+    def weights(role: str) -> dict[str, torch.Tensor]:  # the teacher's file holds its frozen wrapper ("model.")
+        return {k.removeprefix("model."): v for k, v in load_weights(tmp_path / "out" / role /
+                                                                        "model.safetensors").items()}
+    teacher, baseline = weights("teacher"), weights("student_finetuned")
+    assert teacher.keys() == baseline.keys() and all(torch.equal(teacher[k], baseline[k]) for k in teacher)
+    m = outcome.metrics
+    assert m["teacher"]["top1"] == m["student_finetuned"]["top1"] and m["student_finetuned"]["agreement"] == 1.0
+    student = weights("student")
+    assert any(not torch.equal(student[k], baseline[k]) for k in baseline)  # it trained on the teacher's logits
+
+
 @pytest.mark.slow
 def test_kill_during_the_teacher_adaptation_then_resume_is_bit_identical(tmp_path: Path, source: dict) -> None:
     from helpers import killed_then_resumed
