@@ -85,6 +85,14 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      "recipes/mnist-cnn-gap.yaml eval.latency=false 'student={name: cnn, channels: [16, 32], hidden: 64}' "
      "output_dir=runs/gap-wide --methods sp,hkd,ofd,crd,ab,kdsvd,ft,fsp --seeds 1 "
      "--method-args benchmarks/mnist-cnn-gap-method-args.yaml", "runs/gap-wide"),
+    ("Pair (b), `sp` and `hkd` with the student's tap in front of its ReLU (`features.1.relu:input`, `head`), the "
+     "teacher's at its defaults",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/gap-preact --methods sp,hkd --seeds 3 "
+     "--method-args benchmarks/ablation-gap-student-preact.yaml", "runs/gap-preact"),
+    ("Pair (b), `sp` and `hkd` with the teacher's tap in front of its ReLU (`features.4:input`, "
+     "`classifier.1:input`: dense maps), the student's at its defaults",
+     "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/gap-tpreact --methods sp,hkd --seeds 3 "
+     "--method-args benchmarks/ablation-gap-teacher-preact.yaml", "runs/gap-tpreact"),
     ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
      "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
      "runs/mnist-cnn-fitnet-auto"),
