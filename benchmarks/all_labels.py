@@ -4,7 +4,8 @@ docs/BENCHMARKS.md (section ``all-labels``).
 
 Run the benches first (the commands are printed in the section), then::
 
-    .venv/bin/python benchmarks/all_labels.py
+    .venv/bin/python benchmarks/all_labels.py            # pairs (a)-(c) and the ablations
+    .venv/bin/python benchmarks/all_labels.py --pair d   # pair (d), its own section
 
 Per entry: mean ± sample std over seeds of the last-epoch and best-validation-epoch test top-1, read from each
 run's ``model.json``. "Within one std of kd" means mean(kd + method) >= mean(kd) - max(std(kd), std(kd + method)),
@@ -32,6 +33,12 @@ PAIRS = {
     "c": ("MNIST-1D, resnet32 (1-D convolutions, BatchNorm) -> cnn [8, 16] hidden 32, every label, 30 epochs",
           "recipes/mnist1d-cnn.yaml", "runs/mnist1d-cnn", "benchmarks/mnist1d-mlp-method-args.yaml"),
 }
+# A pair written into its own section (``--pair d``): the teacher trained once first, then the ce + method and the
+# kd + method entries benched in two processes side by side (one per core), read back from both folders.
+TEACHER_D = "runs/resnet-gap-teacher/teacher/model.safetensors"
+PAIR_D = ("MNIST, resnet14 trained here (BatchNorm, 174,970 params) -> cnn [8, 16] hidden 32, every label of 5,000 "
+          "images, 10 epochs: pair (b) with a teacher in the papers' setting", "recipes/mnist-resnet-gap.yaml",
+          ["runs/mnist-resnet-gap", "runs/mnist-resnet-gap-kd"], "benchmarks/mnist-cnn-gap-method-args.yaml")
 ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its output folder)
     ("dkd with logit standardisation (`standardize: true`, Sun et al. 2024), pair (a)",
      "recipes/mnist1d-mlp.yaml eval.latency=false output_dir=runs/mnist1d-mlp-dkd-std "
@@ -93,6 +100,15 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      "`classifier.1:input`: dense maps), the student's at its defaults",
      "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/gap-tpreact --methods sp,hkd --seeds 3 "
      "--method-args benchmarks/ablation-gap-teacher-preact.yaml", "runs/gap-tpreact"),
+    ("Pair (d) with 40 epochs instead of 10, the methods furthest below scratch at 10 (one seed; two processes, one "
+     "per core)",
+     f"recipes/mnist-resnet-gap.yaml eval.latency=false teacher.weights={TEACHER_D} "
+     "train.epochs=40 output_dir=runs/gap-d-40ep --methods sp,hkd,ofd,ab --seeds 1 "
+     "--method-args benchmarks/mnist-cnn-gap-40ep-method-args.yaml", "runs/gap-d-40ep"),
+    ("Pair (d) with 40 epochs, continued",
+     f"recipes/mnist-resnet-gap.yaml eval.latency=false teacher.weights={TEACHER_D} "
+     "train.epochs=40 output_dir=runs/gap-d-40ep-2 --methods at,nst,pkt,crd --seeds 1 "
+     "--method-args benchmarks/mnist-cnn-gap-40ep-method-args.yaml", "runs/gap-d-40ep-2"),
     ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
      "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
      "runs/mnist-cnn-fitnet-auto"),
@@ -100,9 +116,18 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
 LIST = ",".join(["kd", "dkd", "dist", *METHODS, *(f"kd+{m}" for m in METHODS)])
 
 
-def read(out: str) -> dict[str, dict[str, list[float]]]:
+def read(*outs: str) -> dict[str, dict[str, list[float]]]:
     """Per bench entry, the last-epoch and best-validation-epoch test top-1 (%) of each finished seed, read from
-    the runs' ``model.json`` histories (so a bench still running gives its finished seeds; ``n`` says how many)."""
+    the runs' ``model.json`` histories (so a bench still running gives its finished seeds; ``n`` says how many).
+    With several folders an entry is read from the first that has it."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for out in outs:
+        for entry, got in _read_one(out).items():
+            rows.setdefault(entry, got)
+    return rows
+
+
+def _read_one(out: str) -> dict[str, dict[str, list[float]]]:
     rows: dict[str, dict[str, list[float]]] = {}
     for f in sorted(Path(out, "bench").glob("*/seed*/*/model.json")):
         entry, role = f.parts[-4], f.parts[-2]
@@ -207,7 +232,28 @@ def ablations() -> str:
     return "\n".join(out)
 
 
+def section_d() -> str:
+    """Pair (d): the teacher command, the two bench commands, the table and its counts."""
+    title, recipe, (run_ce, run_kd), args = PAIR_D
+    lines, counts = table(read(run_ce, run_kd), skipped(run_ce) | skipped(run_kd), teacher(run_ce))
+    bench = f"OMP_NUM_THREADS=1 .venv/bin/distill bench {recipe} eval.latency=false teacher.weights={TEACHER_D}"
+    kd_list = ",".join(f"kd+{m}" for m in METHODS)
+    out = [f"### Pair (d): {title}", "", "```bash",
+           f"OMP_NUM_THREADS=2 .venv/bin/distill teacher {recipe} output_dir={Path(TEACHER_D).parents[1]} "
+           "eval.latency=false",
+           f"{bench} --methods kd,dkd,dist,{','.join(METHODS)} --seeds 3 --method-args {args} --resume &",
+           f"{bench} output_dir={run_kd} --methods kd,{kd_list} --seeds 3 --method-args {args} --resume",
+           "```", "", *lines, "",
+           "Counts over the applicable methods: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    text = section() + "\n" + ablations()
-    replace_section(Path(__file__).parent.parent / "docs" / "BENCHMARKS.md", "all-labels", text)
+    docs = Path(__file__).parent.parent / "docs" / "BENCHMARKS.md"
+    if sys.argv[1:] == ["--pair", "d"]:
+        text = section_d()
+        replace_section(docs, "all-labels-d", text)
+    else:
+        text = section() + "\n" + ablations()
+        replace_section(docs, "all-labels", text)
     print(text)
