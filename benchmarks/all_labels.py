@@ -109,6 +109,16 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      f"recipes/mnist-resnet-gap.yaml eval.latency=false teacher.weights={TEACHER_D} "
      "train.epochs=40 output_dir=runs/gap-d-40ep-2 --methods at,nst,pkt,crd --seeds 1 "
      "--method-args benchmarks/mnist-cnn-gap-40ep-method-args.yaml", "runs/gap-d-40ep-2"),
+    ("Pair (d) with the 3.5x wider student (`cnn [16, 32]` hidden 64), 10 epochs (one seed)",
+     f"recipes/mnist-resnet-gap.yaml eval.latency=false teacher.weights={TEACHER_D} "
+     "'student={name: cnn, channels: [16, 32], hidden: 64}' output_dir=runs/gap-d-wide "
+     "--methods sp,hkd,ofd,at,nst,pkt,ab --seeds 1 --method-args benchmarks/mnist-cnn-gap-method-args.yaml",
+     "runs/gap-d-wide"),
+    ("Pair (d) with one epoch of learning-rate warm-up (`train.schedule.warmup_epochs=1`, as pair (c)'s recipe), "
+     "10 epochs (one seed)",
+     f"recipes/mnist-resnet-gap.yaml eval.latency=false teacher.weights={TEACHER_D} "
+     "train.schedule.warmup_epochs=1 output_dir=runs/gap-d-warmup --methods sp,hkd,at,nst,ofd,pkt --seeds 1 "
+     "--method-args benchmarks/mnist-cnn-gap-method-args.yaml", "runs/gap-d-warmup"),
     ("fitnet at its defaults (now `layers: auto`: the middle stage) on the issue-3 pair (b): 100 labels per class",
      "recipes/mnist-cnn.yaml eval.latency=false output_dir=runs/mnist-cnn-fitnet-auto --methods fitnet --seeds 3",
      "runs/mnist-cnn-fitnet-auto"),
