@@ -29,6 +29,7 @@ from docs_section import replace_section  # noqa: E402
 from distill.plan import plan_from_recipe  # noqa: E402
 from distill.recipe import load_recipe  # noqa: E402
 from distill.taps import FeatureTaps, last_linear  # noqa: E402
+from distill.types import UNLABELLED  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "distill")
 
@@ -83,7 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     plan = plan_from_recipe(load_recipe(args.recipe, [f"output_dir={out / 'probe'}", *args.overrides]))
-    keep = plan.data.train.y >= 0  # the labelled training samples
+    keep = plan.data.train.y != UNLABELLED  # the labelled training samples
     x_tr, y_tr = plan.data.train.x[keep], plan.data.train.y[keep]
     x_te, y_te = plan.data.test.x, plan.data.test.y
     rows = []
