@@ -211,6 +211,10 @@ def table(rows: dict[str, dict[str, list[float]]], skip: dict[str, str],
     return lines, counts
 
 
+def counts_line(counts: dict[str, int]) -> str:
+    return "Counts over the applicable methods: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."
+
+
 def section() -> str:
     out = []
     for key, (title, recipe, run, args) in PAIRS.items():
@@ -218,7 +222,7 @@ def section() -> str:
         out += [f"### Pair ({key}): {title}", "", "```bash",
                 f"OMP_NUM_THREADS=1 .venv/bin/distill bench {recipe} eval.latency=false --methods {LIST} "
                 f"--seeds 3 --method-args {args} --resume", "```", "", *lines, "",
-                "Counts over the applicable methods: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
+                counts_line(counts), ""]
     return "\n".join(out)
 
 
@@ -254,7 +258,7 @@ def section_d() -> str:
            f"{bench} --methods kd,dkd,dist,{','.join(METHODS)} --seeds 3 --method-args {args} --resume &",
            f"{bench} output_dir={run_kd} --methods kd,{kd_list} --seeds 3 --method-args {args} --resume",
            "```", "", *lines, "",
-           "Counts over the applicable methods: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", ""]
+           counts_line(counts), ""]
     return "\n".join(out)
 
 
