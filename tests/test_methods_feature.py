@@ -298,6 +298,18 @@ def test_ft_pretrain_trains_only_the_paraphraser() -> None:
     assert method.paraphrasers[0].encode(torch.randn(4, 16, 4, 4)).shape == (4, 8, 4, 4)  # rate 0.5
 
 
+def test_ft_pretrain_is_the_authors_mean_absolute_reconstruction_error() -> None:
+    # Factor-Transfer-pytorch train_Paraphraser.py: criterion = nn.L1Loss() on (paraphraser(f_t), f_t)
+    torch.manual_seed(3)
+    method, s_out, t_out, _ = _build("ft")
+    t_out.feats["t0"].mul_(50.0)  # a large-scale teacher feature: the error grows linearly, not quadratically
+    out = method.pretrain_loss(s_out, t_out, BATCH, CTX)
+    f_t = t_out.feats["t0"]
+    with torch.no_grad():
+        expected = (method.paraphrasers[0](f_t) - f_t).abs().mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_ofd_weights_deeper_pairs_more() -> None:
     method, s_out, t_out, _ = _build("ofd", beta=1.0)
     feats = [(s_out.feats[f"s{k}"], t_out.feats[f"t{k}"]) for k in range(2)]

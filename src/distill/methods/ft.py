@@ -1,19 +1,20 @@
 """Kim et al. 2018, "Paraphrasing Complex Network: Network Compression via Factor Transfer" (NeurIPS).
 
 A paraphraser, a small convolutional autoencoder on the teacher feature, compresses it to "factors" with
-``rate * C_t`` channels (rate 0.5); it is trained first, alone, to reconstruct the teacher feature (L2),
-then frozen. A translator (the same encoder shape with BatchNorm) maps the student feature to factors of
-that shape and trains with the student. The loss is the L1 distance between the L2-normalised flattened
-factors, ``mean |F_s / ||F_s|| - F_t / ||F_t|| |``, summed over layer pairs and weighted by ``beta`` = 500,
-the authors' value for this formula (github.com/Jangho-Kim/Factor-Transfer-pytorch ``train_student.py``:
-``--beta`` default 500 on line 35, ``nn.L1Loss`` of ``utils.FT`` = ``F.normalize(x.view(B, -1))`` on lines
-108 and 177). RepDistiller's ``-b 200`` (``scripts/run_cifar_distill.sh``) was tuned for its own
-``FactorTransfer`` loss (``distiller_zoo/FT.py``), which compares ``normalize(F.pow(2).mean(1))``, a
-channel-pooled squared map of the factors, a different formula. Convs are 3x3 with LeakyReLU(0.1) (Linear
-layers for vector features); the paraphraser's last decoder layer is linear so features of either sign can
-be reconstructed. The paraphrasers' parameters are trainable after ``setup`` and during
-:meth:`FT.pretrain_loss`; the first main-stage ``forward`` turns their ``requires_grad`` off (they then get no
-gradient and no optimiser update).
+``rate*C_t`` channels (rate 0.5); it is trained first, alone, to reconstruct the teacher feature with the mean
+absolute error (the authors' ``train_Paraphraser.py``: ``nn.L1Loss``; RepDistiller's init stage uses MSE, whose
+gradient grows with the teacher feature's scale and made this stage diverge at lr 0.05 on MNIST-1D and MNIST pairs,
+docs/BENCHMARKS.md issue 13), then frozen. A translator (the same encoder shape with BatchNorm) maps the student
+feature to factors of that shape and trains with the student. The loss is the L1 distance between the L2-normalised
+flattened factors, ``mean |F_s / ||F_s|| - F_t / ||F_t|| |``, summed over layer pairs and weighted by ``beta`` 500,
+the authors' value for this formula (github.com/Jangho-Kim/Factor-Transfer-pytorch ``train_student.py``: ``--beta``
+default 500 on line 35, ``nn.L1Loss`` of ``utils.FT`` = ``F.normalize(x.view(B, -1))`` on lines 108 and 177).
+RepDistiller's ``-b 200`` (``scripts/run_cifar_distill.sh``) was tuned for its own ``FactorTransfer`` loss
+(``distiller_zoo/FT.py``), which compares ``normalize(F.pow(2).mean(1))``, a channel-pooled squared map of the
+factors, a different formula. Convs are 3x3 with LeakyReLU(0.1) (Linear layers for vector features); the
+paraphraser's last decoder layer is linear so features of either sign can be reconstructed. The paraphrasers'
+parameters are trainable after ``setup`` and during :meth:`FT.pretrain_loss`; the first main-stage ``forward`` turns
+their ``requires_grad`` off (they then get no gradient and no optimiser update).
 
 ``pretrain_epochs`` (default 30, RepDistiller's init stage) asks the engine to optimise
 :meth:`FT.pretrain_loss` (the reconstruction) alone for that many epochs before the main stage; with 0 the
@@ -140,10 +141,11 @@ class FT(Method):
         return LossOutput(loss, {"ft": loss})
 
     def pretrain_loss(self, s: ModelOutput, t: ModelOutput | None, batch: Batch, ctx: StepContext) -> LossOutput:
-        """Stage 1: the paraphrasers' reconstruction MSE of the teacher features, unweighted."""
+        """Stage 1: the paraphrasers' reconstruction error (mean absolute, as the authors') of the teacher
+        features, unweighted."""
         check_setup("ft", self.paraphrasers, self.pairs)
         self.paraphrasers.requires_grad_(True)
         feats = paired_features("ft", s, t, self.pairs)
-        loss = torch.stack([F.mse_loss(para(ft).float(), ft.float())
+        loss = torch.stack([F.l1_loss(para(ft).float(), ft.float())
                             for para, (_, ft) in zip(self.paraphrasers, feats)]).sum()
         return LossOutput(loss, {"ft_pretrain": loss})
