@@ -125,8 +125,9 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      "recipes/mnist-cnn-gap.yaml eval.latency=false output_dir=runs/gap-b-ft --methods ft,kd+ft --seeds 3 "
      "--method-args benchmarks/mnist-cnn-gap-method-args.yaml", "runs/gap-b-ft"),
     ("`ft` and `kd + ft` on pair (c) with the L1 reconstruction (with MSE its initialisation diverged on seed 1); "
-     "the teacher from `distill teacher recipes/mnist1d-cnn.yaml output_dir=runs/alone-c-teacher` (98.70%, not "
-     "the bench's 97.80%), so compare with this table's scratch",
+     "the teacher from `OMP_NUM_THREADS=1 distill teacher recipes/mnist1d-cnn.yaml output_dir=runs/alone-c-teacher` "
+     "(98.70%, not the bench's 97.80%: a teacher trained here depends on the thread count), so compare with this "
+     "table's scratch",
      "recipes/mnist1d-cnn.yaml eval.latency=false teacher.weights=runs/alone-c-teacher/teacher/model.safetensors "
      "output_dir=runs/gap-c-ft --methods ft,kd+ft --seeds 3 --method-args benchmarks/mnist1d-mlp-method-args.yaml",
      "runs/gap-c-ft"),
