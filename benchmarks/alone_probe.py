@@ -7,7 +7,7 @@ use, so adding it to the cross-entropy works against it
 (issue 13: the methods more than a point below scratch on a pair).
 
     .venv/bin/python benchmarks/alone_probe.py recipes/mnist-cnn-gap.yaml --methods sp,hkd,ofd,rkd \
-        --out runs/alone-gap --section alone-probe-b
+        --out runs/alone-b --section alone-probe-b
 
 Each method runs at its defaults (``methods=[{name: m}]``), seed 0, the recipe's schedule; extra ``KEY=VALUE``
 overrides go to every run. Prints the table; with ``--section`` also writes it into docs/BENCHMARKS.md.
