@@ -1,22 +1,22 @@
 """A real LLM distilled on CPU: SmolLM2-135M-Instruct into a 16M-parameter Llama on Shakespeare, 3 seeds.
 
 For each seed, ``distill run recipes/shakespeare-smollm2.yaml`` (scratch student and distilled student, the same
-student tokens; the teacher's top-32 cache is built by the first seed and shared by the others); then, for
-``--live-seeds``, the same distillation from the live teacher (every logit, ``cache=off``), and for
-``--gkd-seeds`` on-policy distillation (``strategy=gkd``, generalized JSD; its off-policy batches from the cache),
-and for ``--sampled-seeds`` the recipe's distillation from a cache of 32 sampled tokens per position instead of
-the top 32 (``cache.select=sample``, Random Sampling KD; its cache built once and shared too).
-For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``: a WordPiece
-student, method ``uld``) with its own scratch student. Reads each run's
-``report.json`` and the cache's manifest, prints the table and writes it into docs/BENCHMARKS.md (section
-``lm``). Run ``make shakespeare`` first.
+student tokens; the recipe's teacher cache of 32 sampled tokens per position is built by the first seed and
+shared by the others); then, for ``--live-seeds``, the same distillation from the live teacher (every logit,
+``cache=off``), for ``--top-seeds`` from a cache of the teacher's 32 most probable tokens instead
+(``cache.select=top``, its cache built once and shared too), and for ``--gkd-seeds`` on-policy distillation
+(``strategy=gkd``, generalized JSD; its off-policy batches from the top-32 cache, since JSD is not linear in the
+teacher's probabilities). For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``:
+a WordPiece student, method ``uld``) with its own scratch student. Reads each run's ``report.json`` and the
+caches' manifests, prints the table and writes it into docs/BENCHMARKS.md (section ``lm``). Run
+``make shakespeare`` first.
 
-    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--gkd-seeds 1] [--uld-seeds 1] [--sampled-seeds 3]
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--top-seeds 1] [--gkd-seeds 0] [--uld-seeds 1]
                             [--out runs/lm] [--no-write]
 
 ``--sparse-seeds N`` runs only the sparse cache's check, seed for seed: the distillation from 32 sampled tokens
-per position against the same distillation from every live teacher logit, for seeds 0..N-1 (the same runs as
-above, so they are shared), into the section ``lm-sparse``.
+per position against the same distillation from every live teacher logit, for seeds 0..N-1, into the section
+``lm-sparse``.
 """
 
 from __future__ import annotations
@@ -56,21 +56,18 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: int,
-          sampled: tuple[list[dict], dict | None] = ([], None)) -> str:
-    """The Markdown section: rows teacher / scratch / distilled (cached) / distilled (live) / distilled (sampled
-    cache), then the costs. ``sampled``: those runs and their cache's manifest."""
+def table(seeds: list[dict], live: list[dict], top: list[dict], gkd: list[dict], caches: dict[str, dict],
+          n: int) -> str:
+    """The Markdown section: rows teacher / scratch / distilled (the recipe's sampled cache) / distilled (live) /
+    distilled (top-32 cache) / GKD, then the ratios and the caches' costs. ``caches``: manifests by name."""
     rows = [("teacher: SmolLM2-135M-Instruct (Q4_1, dequantised)", [r["models"]["teacher"] for r in seeds]),
             ("scratch student (cross-entropy)", [r["models"]["scratch"] for r in seeds]),
-            ("distilled student, top-32 cache", [r["models"]["student"] for r in seeds])]
-    if live:
-        rows.append(("distilled student, live teacher (every logit)", [r["models"]["student"] for r in live]))
-    if sampled[0]:
-        rows.append(("distilled student, 32 sampled tokens (`cache.select=sample`)",
-                     [r["models"]["student"] for r in sampled[0]]))
-    if gkd:
-        rows.append(("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 + CE)",
-                     [r["models"]["student"] for r in gkd]))
+            ("distilled student, k = 32 sampled cache (the recipe)", [r["models"]["student"] for r in seeds])]
+    for name, runs in (("distilled student, live teacher (every logit, `cache=off`)", live),
+                       ("distilled student, top-32 cache (`cache.select=top`)", top),
+                       ("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 + CE)", gkd)):
+        if runs:
+            rows.append((name, [r["models"]["student"] for r in runs]))
     lines = ["| model | params | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | generation "
              "(tokens/s) | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, ms_ in rows:
@@ -79,33 +76,28 @@ def table(seeds: list[dict], live: list[dict], gkd: list[dict], cache: dict, n: 
                      f"{ms([m['top1_last'] for m in ms_], 100)} | {ms([m['agreement'] for m in ms_], 100)} | "
                      f"{ms(gen, 1, 1) if gen else '-'} | {len(ms_)} |")
     ratio = [r["models"]["student"]["ppl"] / r["models"]["scratch"]["ppl"] for r in seeds]
-    per_token = cache["bytes_per_sample_view"] / cache["tokens_per_sample"]
-    lines += ["", f"- Distilled / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: "
-              f"{', '.join(f'{x:.3f}' for x in ratio)}).",
-              f"- Teacher cache: k = {cache['k']} of {cache['num_classes']:,} tokens, {per_token:.0f} bytes per token "
-              f"({n:,} training tokens), built in {cache['build_seconds']:.0f} s."]
-    if live:
-        gap = [c["models"]["student"]["ppl"] / v["models"]["student"]["ppl"] for c, v in zip(seeds, live)]
-        live_step = [epoch_seconds(r, "student") for r in live]
-        lines.append(f"- Top-32 cache against every live teacher logit, same seeds: perplexity ratio "
-                     f"{ms(gap, 1, 3)}x; a live-teacher epoch takes {ms(live_step, 1, 0)} s against "
-                     f"{ms([epoch_seconds(r, 'student') for r in seeds[:len(live)]], 1, 0)} s from the cache.")
-    return "\n".join(lines + (_sampled_lines(seeds, live, *sampled) if sampled[0] else []))
-
-
-def _sampled_lines(seeds: list[dict], live: list[dict], runs: list[dict], cache: dict) -> list[str]:
-    """The sampled cache against the live teacher and the top-32 cache, seed for seed, and its build."""
+    lines += ["", f"- Distilled / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: {_per(ratio)})."]
+    for name, cache in caches.items():
+        per_token = cache["bytes_per_sample_view"] / cache["tokens_per_sample"]
+        lines.append(f"- The {name} cache: k = {cache['k']} of {cache['num_classes']:,} tokens, {per_token:.0f} bytes "
+                     f"per token ({n:,} training tokens), built in {cache['build_seconds']:.0f} s.")
     ppl = lambda rs: [r["models"]["student"]["ppl"] for r in rs]  # noqa: E731
-    vs_top = [s / t for s, t in zip(ppl(runs), ppl(seeds))]
-    per_token = cache["bytes_per_sample_view"] // cache["tokens_per_sample"]
-    lines = [f"- 32 sampled tokens against the top 32, same seeds: perplexity ratio {ms(vs_top, 1, 3)}x (per seed: "
-             f"{', '.join(f'{x:.3f}' for x in vs_top)}); the sampled cache ({per_token} bytes per token) built in "
-             f"{cache['build_seconds']:.0f} s."]
+    for name, runs in (("k = 32 sampled cache", seeds), ("top-32 cache", top)):
+        if live and runs:
+            vs = [c / v for c, v in zip(ppl(runs), ppl(live))]
+            lines.append(f"- The {name} against every live teacher logit, same seeds: perplexity ratio "
+                         f"**{ms(vs, 1, 3)}x** (per seed: {_per(vs)}).")
+    if top:
+        vs = [t / c for t, c in zip(ppl(top), ppl(seeds))]
+        lines.append(f"- The top-32 cache against the sampled one, same seeds: perplexity ratio {ms(vs, 1, 3)}x.")
     if live:
-        vs_live = [s / v for s, v in zip(ppl(runs), ppl(live))]
-        lines.append(f"- 32 sampled tokens against every live teacher logit, same seeds: perplexity ratio "
-                     f"**{ms(vs_live, 1, 3)}x**.")
-    return lines
+        lines.append(f"- A live-teacher epoch takes {ms([epoch_seconds(r, 'student') for r in live], 1, 0)} s against "
+                     f"{ms([epoch_seconds(r, 'student') for r in seeds[:len(live)]], 1, 0)} s from the cache.")
+    return "\n".join(lines)
+
+
+def _per(values: list[float]) -> str:
+    return ", ".join(f"{x:.3f}" for x in values)
 
 
 def uld_table(runs: list[dict]) -> str:
@@ -117,8 +109,10 @@ def uld_table(runs: list[dict]) -> str:
         lines.append(f"| {name} | {ms_[0]['params']:,} | {ms([m['ppl'] for m in ms_])} | "
                      f"{ms([m['top1_last'] for m in ms_], 100)} | {len(ms_)} |")
     ratio = [r["models"]["student"]["ppl"] / r["models"]["scratch"]["ppl"] for r in runs]
-    return "\n".join(lines + ["", f"- ULD / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: "
-                              f"{', '.join(f'{x:.3f}' for x in ratio)})."])
+    cost = [f"{ms([epoch_seconds(r, role) for r in runs], 1, 0)} s" for role in ("student", "scratch")]
+    return "\n".join(lines + ["", f"- ULD / scratch perplexity: **{ms(ratio, 1, 3)}x** (per seed: {_per(ratio)}).",
+                              f"- A ULD epoch (the teacher live) takes {cost[0]} against {cost[1]} for the scratch "
+                              "student's."])
 
 
 def sparse_table(sampled: list[dict], live: list[dict], cache: dict) -> str:
@@ -160,9 +154,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--live-seeds", type=int, default=1)
+    p.add_argument("--top-seeds", type=int, default=1)
     p.add_argument("--gkd-seeds", type=int, default=0)
     p.add_argument("--uld-seeds", type=int, default=1)
-    p.add_argument("--sampled-seeds", type=int, default=3)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--sparse-seeds", type=int, default=0, help="run only the sampled-cache vs live check")
     p.add_argument("--no-write", action="store_true")
@@ -170,23 +164,23 @@ def main() -> None:
     out = ROOT / a.out
     if a.sparse_seeds:
         return _write("lm-sparse", sparse_only(out, a.sparse_seeds), a.no_write)
-    shared = f"cache.path={out / 'cache'}"
-    seeds = [run(out / f"seed{s}", s, shared)[0] for s in range(a.seeds)]
+    seeds = [run(out / f"seed{s}", s, f"cache.path={out / 'cache'}")[0] for s in range(a.seeds)]
     live = live_runs(out, a.live_seeds)
-    gkd = [run(out / f"gkd-seed{s}", s, shared, "compare=false", "strategy=gkd",
+    top_cache = (f"cache.path={out / 'cache-top'}", "cache.select=top", "compare=false")
+    top = [run(out / f"top-seed{s}", s, *top_cache)[0] for s in range(a.top_seeds)]
+    gkd = [run(out / f"gkd-seed{s}", s, *top_cache, "strategy=gkd",
                "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 1.0, weight: 0.5}")[0]
            for s in range(a.gkd_seeds)]
-    sampled = sampled_runs(out, a.sampled_seeds)
-    sampled_cache = json.loads((out / "cache-sampled" / "manifest.json").read_text()) if sampled else None
     uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
            for s in range(a.uld_seeds)]
-    cache = json.loads((out / "cache" / "manifest.json").read_text())
-    tokens = cache["fingerprint"]["num_samples"] * cache["tokens_per_sample"]
+    sampled_name = "recipe's k = 32 sampled"
+    used = [(sampled_name, "cache")] + ([("top-32", "cache-top")] if top or gkd else [])
+    caches = {name: json.loads((out / folder / "manifest.json").read_text()) for name, folder in used}
+    tokens = caches[sampled_name]["fingerprint"]["num_samples"] * caches[sampled_name]["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
-            f"--live-seeds {a.live_seeds} --gkd-seeds {a.gkd_seeds} --uld-seeds {a.uld_seeds} "
-            f"--sampled-seeds {a.sampled_seeds}\n```\n\n"
-            + table(seeds, live, gkd, cache, tokens, (sampled, sampled_cache))
-            + ("\n\n" + uld_table(uld) if uld else ""))
+            f"--live-seeds {a.live_seeds} --top-seeds {a.top_seeds} --gkd-seeds {a.gkd_seeds} "
+            f"--uld-seeds {a.uld_seeds}\n```\n\n"
+            + table(seeds, live, top, gkd, caches, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
     _write("lm", text, a.no_write)
 
 
