@@ -137,15 +137,15 @@ def live_runs(out: Path, n: int) -> list[dict]:
 
 
 def sampled_runs(out: Path, n: int) -> list[dict]:
-    """Reports of the recipe's distillation from one shared cache of 32 sampled tokens, seeds 0..n-1."""
-    return [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache-sampled'}", "cache.select=sample",
-                "compare=false")[0] for s in range(n)]
+    """Reports of the recipe's distillation (its cache of 32 sampled tokens, shared with the main seeds' runs),
+    seeds 0..n-1, without the scratch student."""
+    return [run(out / f"sampled-seed{s}", s, f"cache.path={out / 'cache'}", "compare=false")[0] for s in range(n)]
 
 
 def sparse_only(out: Path, n: int) -> str:
     """The runs of ``--sparse-seeds`` (sampled cache, then live teacher) and their section's text."""
     sampled, live = sampled_runs(out, n), live_runs(out, n)
-    cache = json.loads((out / "cache-sampled" / "manifest.json").read_text())
+    cache = json.loads((out / "cache" / "manifest.json").read_text())
     return (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --sparse-seeds {n}\n```"
             "\n\n" + sparse_table(sampled, live, cache))
 
