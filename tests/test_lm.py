@@ -317,6 +317,26 @@ def test_sequence_level_kd_trains_on_the_teachers_continuations(tmp_path: Path) 
     assert torch.equal(out.input["input_ids"], expected[:, :-1])
 
 
+def test_on_policy_samples_are_not_labels_for_label_terms(tmp_path: Path) -> None:
+    from distill.methods.ce import CE
+    from distill.methods.token_kd import TokenKD
+    from distill.types import ModelOutput
+
+    rewrite, student, teacher, batch, ctx = _on_policy(tmp_path, lmbda=1.0, seq_kd=False)
+    out = rewrite(student, batch, ctx(0))
+    s, t = student(**out.input), ModelOutput(teacher.model(**out.input))
+    with_ce = TokenKD(divergence="jsd", alpha=1.0)(ModelOutput(s), t, out, ctx(0))
+    alone = TokenKD(divergence="jsd")(ModelOutput(s), t, out, ctx(0))
+    assert out.labelled_count == 0 and float(with_ce.terms["ce"]) == 0.0  # the student's own tokens teach nothing
+    assert torch.equal(with_ce.loss, alone.loss) and float(alone.loss) > 0  # the divergence counts them all
+    assert float(CE()(ModelOutput(s), None, out, ctx(0)).loss) == 0.0
+    seq, _, _, _, _ = _on_policy(tmp_path / "seq", lmbda=0.0, seq_kd=True)
+    taught = seq(student, batch, ctx(0))  # sequence-level KD: the teacher's tokens are the labels
+    s, t = ModelOutput(student(**taught.input)), ModelOutput(teacher.model(**taught.input))
+    ce = TokenKD(divergence="jsd", alpha=1.0)(s, t, taught, ctx(0))
+    assert taught.labelled_count is None and float(ce.terms["ce"]) > 1.0
+
+
 def test_a_gkd_run_resumes_bit_identically_after_kill(tmp_path: Path) -> None:
     from helpers import killed_then_resumed
 

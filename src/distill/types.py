@@ -27,6 +27,8 @@ class Batch:
     labelled_count: what the cross-entropy divides its sum by; None: this batch's own labelled count. Under
             torchrun, the global batch's labelled count times this rank's share of the batch, so that the
             ranks' losses average to the global mean even when their chunks hold different numbers of labels.
+            0: the batch has no labels at all, only targets for the distillation terms (GKD's on-policy
+            batches, whose targets are the student's own sampled tokens): label terms are zero on it.
     """
 
     input: Tensor | dict[str, Tensor]

@@ -239,7 +239,9 @@ class TokenKD(Method):
         mask = target != IGNORE if target.shape == s.logits.shape[:-1] and s.logits.ndim > 2 else None
         # token logits with targets: the cross-entropy shares the divergence's chunked pass (one read of the
         # logits, one gradient buffer for both terms)
-        fused = (target.reshape(-1), self.alpha) if self.alpha and mask is not None else None
+        # labelled_count 0: the targets are the student's own samples (GKD's on-policy batches), not labels
+        labels = self.alpha and batch.labelled_count != 0
+        fused = (target.reshape(-1), self.alpha) if labels and mask is not None else None
         opts = dict(name=self.divergence, mask=mask, T=self.T, beta=self.beta, skew=self.skew, chunk=self.chunk,
                     ce=fused)
         if t.topk is not None and not t.topk.dense:  # a sparse teacher cache: exact on top-k plus the tail
@@ -254,7 +256,9 @@ class TokenKD(Method):
             terms = {self.divergence: out[0], "ce": self.alpha * out[1]}
         else:
             terms = {self.divergence: out}
-            if self.alpha:
+            if self.alpha and not labels:
+                terms["ce"] = s.logits.new_zeros((), dtype=torch.float32)
+            elif self.alpha:
                 terms["ce"] = self.alpha * (
                     F.cross_entropy(s.logits.flatten(0, -2).float(), target.flatten(), ignore_index=IGNORE)
                     if s.logits.ndim > 2 else labelled_cross_entropy(s.logits, target, batch.labelled_count))

@@ -7,9 +7,11 @@ Each training batch is, with probability ``lmbda``, replaced by the student's ow
 with its KV cache; only the generated tokens count, and the teacher scores them live (a teacher cache holds the
 dataset's blocks, not these). The other batches are the dataset's (from the cache when there is one). With
 ``seq_kd: true`` those other batches are the teacher's continuations of the same prompts instead (sequence-level
-KD: the student learns on teacher-generated text). The method is the recipe's (``token_kd``: ``divergence: jsd``
-with ``beta`` is GKD's generalized JSD). Which batches are on-policy, and every sample drawn, are functions of the
-run's seed and the step, so a killed run resumes bit-identically.
+KD: the student learns on teacher-generated text, labels included). On-policy batches carry no labels
+(``Batch.labelled_count`` 0): a label term (``token_kd``'s ``alpha``, a ``ce`` entry) is zero on them, since their
+targets are the student's own samples; the divergence counts every generated token. The method is the recipe's
+(``token_kd``: ``divergence: jsd`` with ``beta`` is GKD's generalized JSD). Which batches are on-policy, and every
+sample drawn, are functions of the run's seed and the step, so a killed run resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ class OnPolicy:
         target[:, : self.prompt - 1] = IGNORE  # the prompt is given, not learnt: only generated tokens count
         inputs = {k: (full[:, :-1] if k == ids_key else torch.ones_like(v) if k.endswith("attention_mask") else v)
                   for k, v in batch.input.items()}  # type: ignore[union-attr]
-        return Batch(inputs, target, batch.index, {**batch.extras, "live_teacher": True}, batch.view, None)
+        # the student's own samples are what the divergence is measured on, never labels to learn (a label term
+        # would teach the student its own output); the teacher's continuations are sequence-level KD's labels
+        labelled = 0.0 if on_policy else None
+        return Batch(inputs, target, batch.index, {**batch.extras, "live_teacher": True}, batch.view, labelled)
 
     @torch.no_grad()
     def _generate(self, model: nn.Module, ids: torch.Tensor, ctx: StepContext) -> torch.Tensor:
