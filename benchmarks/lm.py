@@ -5,15 +5,16 @@ student tokens; the recipe's teacher cache of 32 sampled tokens per position is 
 shared by the others); then, for ``--live-seeds``, the same distillation from the live teacher (every logit,
 ``cache=off``), for ``--top-seeds`` from a cache of the teacher's 32 most probable tokens instead
 (``cache.select=top``, its cache built once and shared too), and for ``--gkd-seeds`` on-policy distillation
-(``strategy=gkd``, generalized JSD alone as in TRL: a label term would train the student on its own
-generated tokens; its off-policy batches from the top-32 cache, since JSD is not linear in the teacher's
-probabilities). For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``:
+(``strategy=gkd``, generalized JSD alone as in TRL; its off-policy batches from the top-32 cache, since JSD is
+not linear in the teacher's probabilities), and for ``--gkd-ce-seeds`` the same with the recipe's label term
+(0.5 JSD + 0.5 cross-entropy; on-policy batches carry no labels, so the cross-entropy counts the dataset's
+batches only). For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``:
 a WordPiece student, method ``uld``) with its own scratch student. Reads each run's ``report.json`` and the
 caches' manifests, prints the table and writes it into docs/BENCHMARKS.md (section ``lm``). Run
 ``make shakespeare`` first.
 
-    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--top-seeds 1] [--gkd-seeds 0] [--uld-seeds 1]
-                            [--out runs/lm] [--no-write]
+    python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--top-seeds 1] [--gkd-seeds 0] [--gkd-ce-seeds 0]
+                            [--uld-seeds 1] [--out runs/lm] [--no-write]
 
 ``--sparse-seeds N`` runs only the sparse cache's check, seed for seed: the distillation from 32 sampled tokens
 per position against the same distillation from every live teacher logit, for seeds 0..N-1, into the section
@@ -57,8 +58,8 @@ def ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(seeds: list[dict], live: list[dict], top: list[dict], gkd: list[dict], caches: dict[str, dict],
-          n: int) -> str:
+def table(seeds: list[dict], live: list[dict], top: list[dict], gkd: list[dict], gkd_ce: list[dict],
+          caches: dict[str, dict], n: int) -> str:
     """The Markdown section: rows teacher / scratch / distilled (the recipe's sampled cache) / distilled (live) /
     distilled (top-32 cache) / GKD, then the ratios and the caches' costs. ``caches``: manifests by name."""
     rows = [("teacher: SmolLM2-135M-Instruct (Q4_1, dequantised)", [r["models"]["teacher"] for r in seeds]),
@@ -66,7 +67,9 @@ def table(seeds: list[dict], live: list[dict], top: list[dict], gkd: list[dict],
             ("distilled student, k = 32 sampled cache (the recipe)", [r["models"]["student"] for r in seeds])]
     for name, runs in (("distilled student, live teacher (every logit, `cache=off`)", live),
                        ("distilled student, top-32 cache (`cache.select=top`)", top),
-                       ("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 alone: TRL's loss)", gkd)):
+                       ("distilled student, GKD (on-policy lmbda 0.5, JSD beta 0.5 alone: TRL's loss)", gkd),
+                       ("distilled student, GKD with the recipe's label term (0.5 JSD + 0.5 CE on dataset batches)",
+                        gkd_ce)):
         if runs:
             rows.append((name, [r["models"]["student"] for r in runs]))
     lines = ["| model | params | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | generation "
@@ -91,6 +94,11 @@ def table(seeds: list[dict], live: list[dict], top: list[dict], gkd: list[dict],
     if top:
         vs = [t / c for t, c in zip(ppl(top), ppl(seeds))]
         lines.append(f"- The top-32 cache against the sampled one, same seeds: perplexity ratio {ms(vs, 1, 3)}x.")
+    for name, runs in (("GKD (JSD alone)", gkd), ("GKD with the label term", gkd_ce)):
+        if runs:
+            vs = [g / r["models"]["scratch"]["ppl"] for g, r in zip(ppl(runs), seeds)]
+            lines.append(f"- {name} / scratch perplexity, same seeds: **{ms(vs, 1, 3)}x** (per seed: {_per(vs)}); "
+                         f"an epoch takes {ms([epoch_seconds(r, 'student') for r in runs], 1, 0)} s.")
     if live:
         lines.append(f"- A live-teacher epoch takes {ms([epoch_seconds(r, 'student') for r in live], 1, 0)} s against "
                      f"{ms([epoch_seconds(r, 'student') for r in seeds[:len(live)]], 1, 0)} s from the cache.")
@@ -157,6 +165,7 @@ def main() -> None:
     p.add_argument("--live-seeds", type=int, default=1)
     p.add_argument("--top-seeds", type=int, default=1)
     p.add_argument("--gkd-seeds", type=int, default=0)
+    p.add_argument("--gkd-ce-seeds", type=int, default=0)
     p.add_argument("--uld-seeds", type=int, default=1)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--sparse-seeds", type=int, default=0, help="run only the sampled-cache vs live check")
@@ -172,16 +181,19 @@ def main() -> None:
     gkd = [run(out / f"gkd-seed{s}", s, *top_cache, "strategy=gkd",
                "method={name: token_kd, divergence: jsd, beta: 0.5}")[0]
            for s in range(a.gkd_seeds)]
+    gkd_ce = [run(out / f"gkd-ce-seed{s}", s, *top_cache, "strategy=gkd",
+                  "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 1.0, weight: 0.5}")[0]
+              for s in range(a.gkd_ce_seeds)]
     uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
            for s in range(a.uld_seeds)]
     sampled_name = "recipe's k = 32 sampled"
-    used = [(sampled_name, "cache")] + ([("top-32", "cache-top")] if top or gkd else [])
+    used = [(sampled_name, "cache")] + ([("top-32", "cache-top")] if top or gkd or gkd_ce else [])
     caches = {name: json.loads((out / folder / "manifest.json").read_text()) for name, folder in used}
     tokens = caches[sampled_name]["fingerprint"]["num_samples"] * caches[sampled_name]["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
             f"--live-seeds {a.live_seeds} --top-seeds {a.top_seeds} --gkd-seeds {a.gkd_seeds} "
-            f"--uld-seeds {a.uld_seeds}\n```\n\n"
-            + table(seeds, live, top, gkd, caches, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
+            f"--gkd-ce-seeds {a.gkd_ce_seeds} --uld-seeds {a.uld_seeds}\n```\n\n"
+            + table(seeds, live, top, gkd, gkd_ce, caches, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
     _write("lm", text, a.no_write)
 
 

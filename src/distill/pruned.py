@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from distill.build import build_arch
+from distill.build import build_arch, load_model_weights
 from distill.data import DataSplits, head
 from distill.errors import DistillError
 from distill.registry import closest
@@ -121,7 +121,7 @@ def student_maker(spec: ModelSpec, data: DataSplits, teacher: TeacherPart | None
     """``seed -> student`` for a student spec: built from its name, or pruned from ``teacher`` (pruned once here;
     each call copies it, and ``init: random`` draws its weights from the seed)."""
     if spec.from_teacher is None:
-        return lambda seed: build_arch(spec, data, seed)
+        return initialised(spec, data, where)
     if teacher is None or teacher.train is not None:
         raise DistillError(f"{where}.from_teacher: prune needs a teacher with trained weights")
     from distill.models import select
@@ -132,6 +132,22 @@ def student_maker(spec: ModelSpec, data: DataSplits, teacher: TeacherPart | None
                           where=where)
     random = spec.kwargs.get("init", "pruned") == "random"
     return lambda seed: reinitialise(copy.deepcopy(base), seed) if random else copy.deepcopy(base)
+
+
+def initialised(spec: ModelSpec, data: DataSplits, where: str) -> Callable[[int], nn.Module]:
+    """``seed -> student`` built from its name; with ``weights``, every seed starts from that file (read and
+    checked against the architecture once, here, before any training), the seed then fixing only the data order."""
+    if not spec.weights:
+        return lambda seed: build_arch(spec, data, seed)
+    model = build_arch(spec, data, 0)
+    load_model_weights(model, spec.weights, where)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def make(seed: int) -> nn.Module:
+        fresh = build_arch(spec, data, seed)
+        fresh.load_state_dict(state)
+        return fresh
+    return make
 
 
 def rebuild_student(recipe: Recipe, data: DataSplits, out: Path | None = None) -> nn.Module:
