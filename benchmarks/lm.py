@@ -8,13 +8,16 @@ shared by the others); then, for ``--live-seeds``, the same distillation from th
 (``strategy=gkd``, generalized JSD alone as in TRL; its off-policy batches from the top-32 cache, since JSD is
 not linear in the teacher's probabilities), and for ``--gkd-ce-seeds`` the same with the recipe's label term
 (0.5 JSD + 0.5 cross-entropy; on-policy batches carry no labels, so the cross-entropy counts the dataset's
-batches only). For ``--uld-seeds``, the cross-tokenizer recipe (``recipes/shakespeare-smollm2-uld.yaml``:
-a WordPiece student, method ``uld``) with its own scratch student. Reads each run's ``report.json`` and the
+batches only); ``--gkd-ft-seeds`` starts GKD (JSD alone) from the scratch student of the same seed
+(``student.weights``, as the paper and TRL start from a fine-tuned student) against as many more epochs of
+cross-entropy from the same weights (the run's scratch baseline). For ``--uld-seeds``, the cross-tokenizer
+recipe (``recipes/shakespeare-smollm2-uld.yaml``: a WordPiece student, method ``uld``) with its own scratch
+student. Reads each run's ``report.json`` and the
 caches' manifests, prints the table and writes it into docs/BENCHMARKS.md (section ``lm``). Run
 ``make shakespeare`` first.
 
     python benchmarks/lm.py [--seeds 3] [--live-seeds 1] [--top-seeds 1] [--gkd-seeds 0] [--gkd-ce-seeds 0]
-                            [--uld-seeds 1] [--out runs/lm] [--no-write]
+                            [--gkd-ft-seeds 0] [--uld-seeds 1] [--out runs/lm] [--no-write]
 
 ``--sparse-seeds N`` runs only the sparse cache's check, seed for seed: the distillation from 32 sampled tokens
 per position against the same distillation from every live teacher logit, for seeds 0..N-1, into the section
@@ -124,6 +127,23 @@ def uld_table(runs: list[dict]) -> str:
                               "student's."])
 
 
+def ft_table(runs: list[dict], seeds: list[dict]) -> str:
+    """GKD from the trained scratch student against cross-entropy continued from it, same extra tokens."""
+    start = [r["models"]["scratch"] for r in seeds[:len(runs)]]  # the same seeds' starting weights
+    rows = [("start: the scratch student after 3 epochs of cross-entropy", start),
+            ("+ 3 epochs of cross-entropy", [r["models"]["scratch"] for r in runs]),
+            ("+ 3 epochs of GKD (on-policy lmbda 0.5, JSD beta 0.5 alone)", [r["models"]["student"] for r in runs])]
+    lines = ["| student | perplexity | next-token top-1 (%) | agreement w/ teacher (%) | seeds |",
+             "|---|---:|---:|---:|---:|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {ms([x['ppl'] for x in m])} | {ms([x['top1_last'] for x in m], 100)} | "
+                     f"{ms([x['agreement'] for x in m], 100)} | {len(m)} |")
+    ratio = [r["models"]["student"]["ppl"] / r["models"]["scratch"]["ppl"] for r in runs]
+    cost = [ms([epoch_seconds(r, role) for r in runs], 1, 0) for role in ("student", "scratch")]
+    return "\n".join(lines + ["", f"- GKD / cross-entropy, both from the scratch student: **{ms(ratio, 1, 3)}x** "
+                              f"(per seed: {_per(ratio)}); an epoch takes {cost[0]} s against {cost[1]} s."])
+
+
 def sparse_table(sampled: list[dict], live: list[dict], cache: dict) -> str:
     """Seed for seed: the student distilled from the k = 32 sampled cache against every live teacher logit."""
     lines = ["| seed | perplexity, live teacher (every logit) | perplexity, 32 sampled tokens | sampled / live | "
@@ -166,6 +186,7 @@ def main() -> None:
     p.add_argument("--top-seeds", type=int, default=1)
     p.add_argument("--gkd-seeds", type=int, default=0)
     p.add_argument("--gkd-ce-seeds", type=int, default=0)
+    p.add_argument("--gkd-ft-seeds", type=int, default=0)
     p.add_argument("--uld-seeds", type=int, default=1)
     p.add_argument("--out", default="runs/lm")
     p.add_argument("--sparse-seeds", type=int, default=0, help="run only the sampled-cache vs live check")
@@ -184,6 +205,9 @@ def main() -> None:
     gkd_ce = [run(out / f"gkd-ce-seed{s}", s, *top_cache, "strategy=gkd",
                   "method={name: token_kd, divergence: jsd, beta: 0.5, alpha: 1.0, weight: 0.5}")[0]
               for s in range(a.gkd_ce_seeds)]
+    gkd_ft = [run(out / f"gkd-ft-seed{s}", s, *top_cache[:2], "strategy=gkd", "compare=true",
+                  f"student.weights={out / f'seed{s}' / 'scratch' / 'model.safetensors'}",
+                  "method={name: token_kd, divergence: jsd, beta: 0.5}")[0] for s in range(a.gkd_ft_seeds)]
     uld = [run(out / f"uld-seed{s}", s, recipe="recipes/shakespeare-smollm2-uld.yaml")[0]
            for s in range(a.uld_seeds)]
     sampled_name = "recipe's k = 32 sampled"
@@ -192,8 +216,9 @@ def main() -> None:
     tokens = caches[sampled_name]["fingerprint"]["num_samples"] * caches[sampled_name]["tokens_per_sample"]
     text = (f"```bash\nmake shakespeare\nOMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm.py --seeds {a.seeds} "
             f"--live-seeds {a.live_seeds} --top-seeds {a.top_seeds} --gkd-seeds {a.gkd_seeds} "
-            f"--gkd-ce-seeds {a.gkd_ce_seeds} --uld-seeds {a.uld_seeds}\n```\n\n"
-            + table(seeds, live, top, gkd, gkd_ce, caches, tokens) + ("\n\n" + uld_table(uld) if uld else ""))
+            f"--gkd-ce-seeds {a.gkd_ce_seeds} --gkd-ft-seeds {a.gkd_ft_seeds} --uld-seeds {a.uld_seeds}\n```\n\n"
+            + table(seeds, live, top, gkd, gkd_ce, caches, tokens)
+            + ("\n\n" + ft_table(gkd_ft, seeds) if gkd_ft else "") + ("\n\n" + uld_table(uld) if uld else ""))
     _write("lm", text, a.no_write)
 
 
