@@ -293,3 +293,31 @@ def test_fit_turns_a_file_system_refusal_into_one_error(tmp_path: Path, monkeypa
         distill.fit(student=_student(), train=(x[:300], y[:300]), methods=["ce"], epochs=1, output_dir=tmp_path,
                     **QUIET)
     assert isinstance(e.value.__cause__, OSError)
+
+
+def test_a_student_with_weights_starts_from_them_through_either_door(tmp_path: Path, capsys,
+                                                                    teacher_file: Path) -> None:
+    start = tmp_path / "start.safetensors"
+    save_weights(start, _student(5).state_dict())  # weights that no seed-0 build draws
+    student = {"name": "external", "target": "user_parts:TinyNet", "weights": str(start)}
+    py = distill.fit(teacher=_teacher(teacher_file), student=student, train=DigitsItems("train"),
+                     val=DigitsItems("val"), test=DigitsItems("test"),
+                     methods=[distill.methods.KD(T=4, alpha=0.5, beta=0.5)], training=TRAINING, batch_size=64,
+                     labels_per_class=10, output_dir=tmp_path / "py", **QUIET)
+    registry: Registry = distill.DATASETS
+    distill.register_dataset("user_digits_api_w")(user_digits_splits)
+    try:
+        raw = {"name": "r", "output_dir": str(tmp_path / "recipe"), "eval": {"latency": False},
+               "data": {"name": "user_digits_api_w", "labels_per_class": 10, "batch_size": 64},
+               "teacher": {"name": "external", "target": "user_parts:TeacherNet", "weights": str(teacher_file)},
+               "student": student, "method": {"name": "kd", "T": 4, "alpha": 0.5, "beta": 0.5}, "train": TRAINING}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
+    finally:
+        registry._unregister("user_digits_api_w")
+    assert code == 0, err
+    _fit(tmp_path / "plain", teacher_file, DigitsItems("train"), DigitsItems("val"), DigitsItems("test"))
+    for role in ("student", "scratch"):  # both doors start both students from the file: the same training
+        from_file = load_weights(tmp_path / "py" / role / "model.safetensors")
+        assert _same(load_weights(tmp_path / "recipe" / role / "model.safetensors"), from_file), role
+        assert not _same(load_weights(tmp_path / "plain" / role / "model.safetensors"), from_file), role
+    assert py.recipe is None

@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 from torch import nn
 
-from distill.build import build_arch
 from distill.cache.build import dataset_hash, hash_tensors
 from distill.data import DataSplits, build_data, python_data
 from distill.data.augment import Augment
@@ -28,6 +27,7 @@ from distill.errors import DistillError, error_boundary
 from distill.io import check_output_dir, write_text
 from distill.methods import METHODS, Method, MethodSet
 from distill.plan import Peer, Plan, TeacherPart, plan_from_recipe, teacher_part
+from distill.pruned import initialised
 from distill.recipe import (
     AugmentSpec,
     CacheSpec,
@@ -247,7 +247,7 @@ def _student(student: Any, data: DataSplits, seed: int, inputs: Any) -> nn.Modul
     named = _named(student)
     if named is None:
         raise DistillError(f"fit: student is a {type(student).__name__}: give an nn.Module, a model name or a dict")
-    return build_arch(_model_spec(named, "student", inputs), data, seed)
+    return initialised(_model_spec(named, "student", inputs), data, "student")(seed)  # built, or from its weights
 
 
 def _teacher(teacher: Any, data: DataSplits, seed: int, train: TrainSpec, inputs: Any,
