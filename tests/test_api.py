@@ -52,22 +52,26 @@ def _fit(tmp: Path, teacher_file: Path, train, val=None, test=None, **kw) -> dis
                        batch_size=64, labels_per_class=10, output_dir=tmp, **QUIET, **kw)
 
 
+def _recipe_run(tmp: Path, capsys, teacher_file: Path, student: dict, dataset: str) -> None:
+    """The recipe door on the same data as ``_fit`` (the digits items registered as ``dataset``), into ``tmp``."""
+    registry: Registry = distill.DATASETS
+    distill.register_dataset(dataset)(user_digits_splits)
+    try:
+        raw = {"name": "r", "output_dir": str(tmp / "recipe"), "eval": {"latency": False},
+               "data": {"name": dataset, "labels_per_class": 10, "batch_size": 64},
+               "teacher": {"name": "external", "target": "user_parts:TeacherNet", "weights": str(teacher_file)},
+               "student": student, "method": {"name": "kd", "T": 4, "alpha": 0.5, "beta": 0.5}, "train": TRAINING}
+        code, _, err = cli(capsys, "run", str(write_recipe(tmp, raw)))
+    finally:
+        registry._unregister(dataset)
+    assert code == 0, err
+
+
 def test_fit_on_user_modules_and_dataset_equals_the_recipe_run(tmp_path: Path, capsys, teacher_file: Path) -> None:
     py = _fit(tmp_path / "py", teacher_file, DigitsItems("train"), DigitsItems("val"), DigitsItems("test"))
     assert py.recipe is None  # modules and Datasets have no names
     assert isinstance(py.student, TinyNet) and set(py.metrics) == {"teacher", "scratch", "student"}
-    registry: Registry = distill.DATASETS
-    distill.register_dataset("user_digits_api")(user_digits_splits)
-    try:
-        raw = {"name": "r", "output_dir": str(tmp_path / "recipe"), "eval": {"latency": False},
-               "data": {"name": "user_digits_api", "labels_per_class": 10, "batch_size": 64},
-               "teacher": {"name": "external", "target": "user_parts:TeacherNet", "weights": str(teacher_file)},
-               "student": {"name": "external", "target": "user_parts:TinyNet"},
-               "method": {"name": "kd", "T": 4, "alpha": 0.5, "beta": 0.5}, "train": TRAINING}
-        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
-    finally:
-        registry._unregister("user_digits_api")
-    assert code == 0, err
+    _recipe_run(tmp_path, capsys, teacher_file, {"name": "external", "target": "user_parts:TinyNet"}, "user_digits_api")
     for role in ("student", "scratch"):
         assert _same(load_weights(tmp_path / "recipe" / role / "model.safetensors"),
                      load_weights(tmp_path / "py" / role / "model.safetensors")), role
@@ -304,17 +308,7 @@ def test_a_student_with_weights_starts_from_them_through_either_door(tmp_path: P
                      val=DigitsItems("val"), test=DigitsItems("test"),
                      methods=[distill.methods.KD(T=4, alpha=0.5, beta=0.5)], training=TRAINING, batch_size=64,
                      labels_per_class=10, output_dir=tmp_path / "py", **QUIET)
-    registry: Registry = distill.DATASETS
-    distill.register_dataset("user_digits_api_w")(user_digits_splits)
-    try:
-        raw = {"name": "r", "output_dir": str(tmp_path / "recipe"), "eval": {"latency": False},
-               "data": {"name": "user_digits_api_w", "labels_per_class": 10, "batch_size": 64},
-               "teacher": {"name": "external", "target": "user_parts:TeacherNet", "weights": str(teacher_file)},
-               "student": student, "method": {"name": "kd", "T": 4, "alpha": 0.5, "beta": 0.5}, "train": TRAINING}
-        code, _, err = cli(capsys, "run", str(write_recipe(tmp_path, raw)))
-    finally:
-        registry._unregister("user_digits_api_w")
-    assert code == 0, err
+    _recipe_run(tmp_path, capsys, teacher_file, student, "user_digits_api_w")
     _fit(tmp_path / "plain", teacher_file, DigitsItems("train"), DigitsItems("val"), DigitsItems("test"))
     for role in ("student", "scratch"):  # both doors start both students from the file: the same training
         from_file = load_weights(tmp_path / "py" / role / "model.safetensors")
