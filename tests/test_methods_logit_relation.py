@@ -517,3 +517,31 @@ def test_kdsvd_eigh_survives_a_solver_that_fails_to_converge(monkeypatch: pytest
     assert torch.allclose(vec.abs(), expected[1].float().abs(), atol=1e-5)
     lam, vec = kdsvd.robust_eigh(gram.masked_fill(torch.eye(4, dtype=torch.bool), float("nan")))
     assert torch.isnan(lam).all() and torch.isnan(vec).all()
+
+
+def test_kdsvd_eigh_survives_a_solver_that_returns_nan_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 eigh can also return NaN without raising (a rank-6 Gram with subnormal eigenvalues stopped ce + kdsvd
+    at epoch 8 of recipes/mnist1d-cnn3.yaml, seed 0): the fp64 answer must be used, the fp32 one when finite."""
+    from distill.methods import kdsvd
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4)
+    gram = x.transpose(1, 2) @ x  # (3, 4, 4)
+    expected = torch.linalg.eigh(gram.double())
+    real = torch.linalg.eigh
+    calls: list[torch.dtype] = []
+
+    def fp32_nan(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(a.dtype)
+        lam, vec = real(a)
+        if a.dtype == torch.float32:
+            lam = lam.clone()
+            lam[0, -1] = float("nan")  # one sample's top eigenvalue, as LAPACK's fp32 solver gave it
+        return lam, vec
+
+    monkeypatch.setattr(torch.linalg, "eigh", fp32_nan)
+    lam, vec = kdsvd.robust_eigh(gram)
+    assert calls == [torch.float32, torch.float64]
+    assert lam.dtype == torch.float32 and torch.isfinite(lam).all() and torch.isfinite(vec).all()
+    assert torch.allclose(lam, expected[0].float())
+    assert torch.allclose(vec.abs(), expected[1].float().abs(), atol=1e-5)

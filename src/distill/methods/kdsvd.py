@@ -73,22 +73,34 @@ class _TopEigh(torch.autograd.Function):
 
 def robust_eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
     """``torch.linalg.eigh`` of symmetric (B, N, N) matrices that does not stop training when the fp32 solver
-    fails to converge (ill-conditioned Gram matrices with repeated eigenvalues, met on MNIST-1D): it retries in
-    fp64, then with a jitter of 1e-6 of the mean diagonal. Non-finite input gives NaN, which the engine reports
-    as a non-finite loss."""
+    fails on ill-conditioned Gram matrices with repeated (near-)zero eigenvalues, met on MNIST-1D: it raises
+    (no convergence), or returns NaN without raising (a rank-6 Gram of a (20, 32) map with dead rows, whose
+    tiny eigenvalues are subnormal floats). Either way it retries in fp64, then with a jitter of 1e-6 of the
+    mean diagonal. Non-finite input gives NaN, which the engine reports as a non-finite loss."""
     if not torch.isfinite(gram).all():
         return torch.full_like(gram[..., 0], float("nan")), torch.full_like(gram, float("nan"))
+    got = _eigh_or_none(gram)  # the common case, unchanged (runs stay bit-identical)
+    if got is not None:
+        return got
+    g = gram.double()
+    got = _eigh_or_none(g)
+    if got is None:
+        eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+        jitter = 1e-6 * g.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-12)  # (B,)
+        got = torch.linalg.eigh(g + jitter[:, None, None] * eye)
+    lam, vec = got
+    return lam.to(gram.dtype), vec.to(gram.dtype)
+
+
+def _eigh_or_none(gram: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``torch.linalg.eigh``, or None when the solver raises or returns a non-finite value."""
     try:
-        return torch.linalg.eigh(gram)  # the common case, unchanged (runs stay bit-identical)
+        lam, vec = torch.linalg.eigh(gram)
     except torch.linalg.LinAlgError:
-        g = gram.double()
-        try:
-            lam, vec = torch.linalg.eigh(g)
-        except torch.linalg.LinAlgError:
-            eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
-            jitter = 1e-6 * g.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-12)  # (B,)
-            lam, vec = torch.linalg.eigh(g + jitter[:, None, None] * eye)
-        return lam.to(gram.dtype), vec.to(gram.dtype)
+        return None
+    if not (torch.isfinite(lam).all() and torch.isfinite(vec).all()):
+        return None
+    return lam, vec
 
 
 def as_matrix(f: Tensor) -> Tensor:
