@@ -146,8 +146,8 @@ ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its 
      "runs/mnist-cnn-fitnet-auto"),
 ]
 SPLIT_ABLATIONS = {"f": [
-    ("`weight: auto`, pair (f), the methods more than 1 point below scratch at their defaults whose seeds all "
-     "trained (each term's gradient norm set to the cross-entropy's on the first batches)",
+    ("`weight: auto`, pair (f): `at`, `nst` and `vid`, more than 1 point below scratch at their defaults (each "
+     "term's gradient norm set to the cross-entropy's on the first batches)",
      f"recipes/mnist1d-lenet.yaml eval.latency=false teacher.weights={TEACHER_F} output_dir=runs/lenet-auto "
      "--methods at,nst,vid --seeds 3 --method-args benchmarks/ablation-weight-auto-lenet.yaml --resume",
      "runs/lenet-auto"),
