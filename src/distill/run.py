@@ -28,6 +28,7 @@ from distill.engine.dist import (
     rank,
     world_size,
 )
+from distill.engine.meter import chance_spans
 from distill.engine.optim import Group
 from distill.errors import DistillError
 from distill.evaluate import model_metrics, predict
@@ -314,11 +315,19 @@ def _evaluate_and_write(plan: Plan, trained: dict[str, Trained], teacher: nn.Mod
                         log: Log, roles: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     models = _metrics(plan, trained, teacher)
     described = plan.recipe.model_dump(mode="json") if plan.recipe is not None else {"python": plan.identity}
+    notes = notes + collapse_notes(trained, plan.data.num_classes)
     path = write_report(plan.out, models=models, histories={r: t.history for r, t in trained.items()},
                         recipe=described, seed=plan.seed, title=plan.name, notes=notes, roles=roles,
                         figures=plan.dry_run is None)  # a dry run skips the plots: most of its time otherwise
     log(f"report: {path}")
     return models
+
+
+def collapse_notes(trained: dict[str, Trained], num_classes: int) -> list[str]:
+    """A report note per role whose validation top-1 sat at chance for a span of epochs (its log warned)."""
+    return [f"{role}: validation top-1 at chance (1/{num_classes}) in epochs {a}-{b}: the model collapsed there "
+            "(a gradient blow-up; see the run's log for the fix)"
+            for role, t in trained.items() for a, b in chance_spans(t.history, num_classes)]
 
 
 def _main_stage(history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -22,7 +22,7 @@ from distill.data.stream import head
 from distill.engine import dist
 from distill.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distill.engine.logs import EpochLog, describe_epoch
-from distill.engine.meter import Meter, warn_spikes
+from distill.engine.meter import Meter, warn_collapse, warn_spikes
 from distill.engine.optim import Group, build_optimizer, build_scheduler
 from distill.engine.outputs import as_fp32, model_output
 from distill.engine.scale import check_loss_scale
@@ -103,6 +103,7 @@ def fit(job: FitJob) -> list[dict[str, Any]]:
         dist.on_main(partial(_save_epoch, job, opt, sched, epoch + 1, logger))
         job.log(describe_epoch(job.desc, stats))
         warn_spikes(job.desc, job.train.grad_clip, stats, job.log)
+        warn_collapse(job.desc, job.history, job.num_classes, job.log)
     if logger is not None:
         logger.close()
     opt.zero_grad(set_to_none=True)  # a trained model carries no stale gradients (and frees their memory)
@@ -116,7 +117,7 @@ def _save_epoch(job: FitJob, opt: torch.optim.Optimizer, sched: Any, epochs_done
 
 
 def _setup_methods(job: FitJob) -> None:
-    classes = job.num_classes or int(job.loader.ds.y.max()) + 1
+    classes = job.num_classes = job.num_classes or int(job.loader.ds.y.max()) + 1  # kept: warn_collapse reads it
     x = Batch(head(job.loader.ds, 2), torch.zeros(0), torch.zeros(0)).to(job.device).input
     setup_methods(job.methods, job.model, job.teacher, x, num_samples=len(job.loader.ds), num_classes=classes,
                   inputs=job.inputs, targets=job.targets)

@@ -92,3 +92,45 @@ def warn_spikes(desc: str, grad_clip: float | None, stats: dict[str, Any], log: 
     log(f"{desc}: warning: gradient spikes in the first epoch: the largest step's gradient norm is "
         f"{top / mid:.0f}x the epoch's median ({top:.3g} against {mid:.3g}); the model may stop learning: "
         f"set train.grad_clip (e.g. {2 * mid:.2g}, twice the median)")
+
+
+COLLAPSE_EPOCHS = 3  # consecutive main-stage epochs at chance before the warning (one noisy epoch is not a collapse)
+
+
+def chance_spans(history: list[dict[str, Any]], num_classes: int) -> list[tuple[int, int]]:
+    """(first, last) epoch numbers of each run of at least ``COLLAPSE_EPOCHS`` main-stage epochs whose validation
+    (else test) top-1 is at chance: within 5% of the way from 1/C to 100% (14.5% for 10 classes, 52.5% for 2).
+    Pre-training stages (FitNet's hints) are skipped: they leave the head untrained, so chance is expected."""
+    if num_classes < 2:
+        return []
+    bar = 1.0 / num_classes + 0.05 * (1.0 - 1.0 / num_classes)
+    spans, run = [], []
+    for row in history + [{}]:  # the empty row ends a run still open at the last epoch
+        key = "val_top1" if "val_top1" in row else "test_top1"
+        if row.get("stage") == "main" and row.get(key) is not None and row[key] <= bar:
+            run.append(row["epoch"])
+            continue
+        if len(run) >= COLLAPSE_EPOCHS:
+            spans.append((run[0], run[-1]))
+        run = []
+    return spans
+
+
+def warn_collapse(desc: str, history: list[dict[str, Any]], num_classes: int, log: Callable[[str], None]) -> None:
+    """Warn once per span when validation top-1 has sat at chance for ``COLLAPSE_EPOCHS`` main-stage epochs.
+
+    A student whose units died after a gradient blow-up predicts one class from then on, and nothing else says
+    so: its loss stays finite. The loss-scale check cannot see every cause before the first step (a method's own
+    cross-entropy, DKD's warm-up ramp, a blow-up later in training), so the epochs' accuracy is watched too."""
+    spans = chance_spans(history, num_classes)
+    if not history or not spans or spans[-1] != (history[-COLLAPSE_EPOCHS]["epoch"], history[-1]["epoch"]):
+        return  # no span, or the last one did not just reach its length
+    key = "val_top1" if "val_top1" in history[-1] else "test_top1"
+    bar = 1.0 / num_classes + 0.05 * (1.0 - 1.0 / num_classes)
+    best, when = max((r[key], r["epoch"]) for r in history if r.get("stage") == "main" and r.get(key) is not None)
+    past = f"best so far {100 * best:.2f}% at epoch {when}" if best > bar else "never above it"
+    shown = ", ".join(f"{100 * r[key]:.2f}%" for r in history[-COLLAPSE_EPOCHS:])
+    log(f"{desc}: warning: {key.split('_')[0]} top-1 has been at chance ({100 / num_classes:.2f}% for "
+        f"{num_classes} classes) for the last {COLLAPSE_EPOCHS} epochs ({shown}; {past}): the student has likely "
+        "collapsed (units dead after a gradient blow-up); set train.grad_clip or lower the distillation terms' "
+        "weights (weight: auto for a method without its own cross-entropy)")
