@@ -5,7 +5,7 @@ docs/BENCHMARKS.md (section ``all-labels``).
 Run the benches first (the commands are printed in the section), then::
 
     .venv/bin/python benchmarks/all_labels.py            # pairs (a)-(c) and the ablations
-    .venv/bin/python benchmarks/all_labels.py --pair d   # pair (d), its own section (likewise e, f)
+    .venv/bin/python benchmarks/all_labels.py --pair d   # pair (d), its own section (likewise e, f, g)
 
 Per entry: mean ± sample std over seeds of the last-epoch and best-validation-epoch test top-1, read from each
 run's ``model.json``. "Within one std of kd" means mean(kd + method) >= mean(kd) - max(std(kd), std(kd + method)),
@@ -34,7 +34,7 @@ PAIRS = {
     "c": ("MNIST-1D, resnet32 (1-D convolutions, BatchNorm) -> cnn [8, 16] hidden 32, every label, 30 epochs",
           "recipes/mnist1d-cnn.yaml", "runs/mnist1d-cnn", "benchmarks/mnist1d-mlp-method-args.yaml"),
 }
-# Pairs written into their own sections (``--pair d``, ``e``, ``f``): the teacher trained once first, then the
+# Pairs written into their own sections (``--pair d``, ``e``, ``f``, ``g``): the teacher trained once first, then the
 # ce + method and the kd + method entries benched in two processes side by side (one per core), read back from both.
 TEACHER_D = "runs/resnet-gap-teacher/teacher/model.safetensors"
 PAIR_D = ("MNIST, resnet14 trained here (BatchNorm, 174,970 params) -> cnn [8, 16] hidden 32, every label of 5,000 "
@@ -49,7 +49,11 @@ TEACHER_F = "runs/mnist1d-lenet-teacher/teacher/model.safetensors"
 PAIR_F = ("MNIST-1D, resnet32 trained here -> LeNet-5 (no BatchNorm; it fits its training set), every label, "
           "60 epochs", "recipes/mnist1d-lenet.yaml", ["runs/mnist1d-lenet", "runs/mnist1d-lenet-kd"],
           "benchmarks/mnist1d-lenet-method-args.yaml")
-SPLIT_PAIRS = {"d": (PAIR_D, TEACHER_D), "e": (PAIR_E, TEACHER_E), "f": (PAIR_F, TEACHER_F)}
+TEACHER_G = "runs/mnist1d-slice-teacher/teacher/model.safetensors"
+PAIR_G = ("MNIST-1D, first 1,200 training samples, resnet32 trained here -> cnn [16, 32] hidden 64 (BatchNorm; it "
+          "fits its training set), every label, 100 epochs", "recipes/mnist1d-slice.yaml",
+          ["runs/mnist1d-slice", "runs/mnist1d-slice-kd"], "benchmarks/mnist1d-slice-method-args.yaml")
+SPLIT_PAIRS = {"d": (PAIR_D, TEACHER_D), "e": (PAIR_E, TEACHER_E), "f": (PAIR_F, TEACHER_F), "g": (PAIR_G, TEACHER_G)}
 ABLATIONS = [  # (why, the bench command's arguments after `distill bench`, its output folder)
     ("dkd with logit standardisation (`standardize: true`, Sun et al. 2024), pair (a)",
      "recipes/mnist1d-mlp.yaml eval.latency=false output_dir=runs/mnist1d-mlp-dkd-std "

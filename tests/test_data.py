@@ -388,6 +388,13 @@ def test_mnist1d() -> None:
     assert (len(d.train), len(d.val), len(d.test)) == (3600, 400, 1000)
     assert d.input_shape == (1, 40) and d.num_classes == 10 and d.mean == (0.0,)
     assert np.array_equal(np.random.get_state()[1], state[1])  # generator left global RNG alone
+    # limit_train: the first N training rows, every label kept; validation and test are the full set's
+    small = build_data("mnist1d", limit_train=1200)
+    assert (len(small.train), len(small.val), len(small.test)) == (1200, 400, 1000)
+    assert torch.equal(small.train.x, d.train.x[:1200]) and torch.equal(small.test.x, d.test.x)
+    assert int((small.train.y >= 0).sum()) == 1200 and len(small.train.y.unique()) == 10
+    with pytest.raises(DistillError, match="data.limit_train"):
+        build_data("mnist1d", limit_train=0)
 
 
 def test_one_class_and_runaway_label_ids_are_refused() -> None:

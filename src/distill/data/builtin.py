@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import pickle
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +136,17 @@ def _mnist1d(generator_seed: int | None) -> RawSplits:
 
 
 @DATASETS.register("mnist1d")
-def mnist1d(*, seed: int, generator_seed: int | None = None) -> RawSplits:
+def mnist1d(*, seed: int, generator_seed: int | None = None, limit_train: int | None = None) -> RawSplits:
     """MNIST-1D generated offline: 3,600 train / 400 val / 1,000 test, shape (1, 40).
 
     generator_seed: seed of the generator (default: the package's, which gives the standard set).
+    limit_train: keep only the first N train samples (every label of a smaller training set; validation and
+    test unchanged).
     """
     if generator_seed is not None:
         check_int("data.generator_seed", generator_seed)
-    return _mnist1d(generator_seed)
+    if limit_train is None:
+        return _mnist1d(generator_seed)
+    check_int("data.limit_train", limit_train, minimum=1)
+    raw = _mnist1d(generator_seed)
+    return replace(raw, train=raw.train.subset(torch.arange(min(limit_train, len(raw.train)))))
